@@ -1,0 +1,54 @@
+// One server-side TLS connection driven by OpenSSL over a non-blocking socket.
+#pragma once
+
+#include <openssl/ssl.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "backends/openssl/ossl_ptr.h"
+#include "backends/openssl/provider.h"
+#include "core/tls_stack.h"
+
+namespace cloister::ossl {
+
+using SslPtr = Ptr<SSL, SSL_free>;
+
+class OpensslSession final : public TlsSession {
+  public:
+    // Takes ssl, already attached to the socket and in accept state. The session registers
+    // itself as the SSL's app data, where the server-name callback finds it. vhost_index is
+    // the vhost of ssl's initial SSL_CTX.
+    OpensslSession(SslPtr ssl, std::uint64_t connection_id, ProviderContext& provider,
+                   std::size_t vhost_index);
+
+    IoResult handshake() override;
+    IoResult read(std::span<std::byte> buffer) override;
+    IoResult write(std::span<const std::byte> data) override;
+    IoResult shutdown() override;
+    [[nodiscard]] bool has_pending() const override;
+    [[nodiscard]] HandshakeInfo info() const override;
+
+    [[nodiscard]] std::uint64_t connection_id() const { return connection_id_; }
+    // Records the vhost chosen from the client's SNI (empty sni: none was sent).
+    void set_vhost(std::size_t vhost_index, std::string sni);
+
+    // Returns the session that owns ssl, or null.
+    static OpensslSession* from(SSL* ssl);
+
+  private:
+    // Maps the result of an SSL_* call to an IoResult. error_number is errno right after it.
+    IoResult result_of(int ret, int error_number, const char* operation);
+    void record_handshake();
+
+    SslPtr ssl_;
+    std::uint64_t connection_id_;
+    ProviderContext& provider_;
+    std::size_t vhost_index_;
+    std::string sni_;
+    std::string signature_scheme_;
+};
+
+}  // namespace cloister::ossl

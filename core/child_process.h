@@ -1,0 +1,43 @@
+// Steps that every child of the supervisor takes right after fork().
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/fd.h"
+
+namespace cloister {
+
+// Restores the default action of every signal and unblocks them all, because a child
+// inherits the supervisor's blocked mask (the supervisor reads signals with signalfd).
+// SIGPIPE is then ignored: a write to a closed socket returns EPIPE instead of killing the
+// process.
+void reset_signals_after_fork();
+
+// Closes every descriptor except those in keep, then opens /dev/null on 0 and 1 when they
+// are closed, so that a stray write to standard output cannot reach a socket.
+void close_descriptors_except(std::vector<int> keep);
+
+// Creates an AF_UNIX SOCK_SEQPACKET socket pair, both ends close-on-exec. Throws
+// Error(system) when socketpair() fails.
+std::pair<Fd, Fd> make_seqpacket_pair();
+
+// Returns "SIGKILL" for 9, or "signal N" for a number without a name.
+std::string signal_name(int signal_number);
+
+// Describes a waitpid() status: "status 1" or "signal 9 (SIGKILL)".
+std::string describe_wait_status(int status);
+
+// True for a waitpid() status of a normal exit with status 0.
+bool exited_cleanly(int status);
+
+// Waits up to timeout for the child pid to exit and reaps it. Returns its wait status, or
+// nothing when it still runs or was reaped already.
+std::optional<int> wait_for_exit(pid_t pid, std::chrono::milliseconds timeout);
+
+}  // namespace cloister

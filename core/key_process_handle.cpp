@@ -1,0 +1,149 @@
+#include "core/key_process_handle.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <utility>
+
+#include "core/child_process.h"
+#include "core/key_client.h"
+#include "core/key_protocol.h"
+#include "core/log.h"
+#include "core/process_title.h"
+
+namespace cloister {
+namespace {
+
+using std::chrono::milliseconds;
+
+// The status run_key_process exits with when a key cannot be loaded.
+constexpr int key_load_failure_status = 2;
+// How long the key process has to exit after its control channel closes.
+constexpr milliseconds key_stop_timeout{5'000};
+// How long the start-up check waits for a failing key process to exit.
+constexpr milliseconds key_exit_wait{1'000};
+// The connection id of the start-up check's key channel; connections count from 1.
+constexpr std::uint64_t self_check_connection_id = 0;
+
+[[noreturn]] void run_key_child(const Config& config, const SupervisorHooks& hooks,
+                                Fd control) noexcept {
+    int status = exit_failure;
+    try {
+        reset_signals_after_fork();
+        set_process_title("key");
+        init_logging("key", config.server.log_level);
+        close_descriptors_except({STDERR_FILENO, control.get()});
+        status = hooks.key_process_main(config, std::move(control));
+    } catch (const Error& error) {
+        spdlog::error("key process failed ({} error): {}", to_string(error.kind()), error.what());
+    } catch (const std::exception& error) {
+        spdlog::error("key process failed: {}", error.what());
+    }
+    spdlog::default_logger()->flush();
+    _exit(status);
+}
+
+}  // namespace
+
+void send_attach(int control_fd, const Fd& channel, std::uint64_t connection_id,
+                 std::uint32_t flags) {
+    auto message = keyproto::encode(keyproto::Attach{connection_id, flags});
+    iovec data{message.data(), message.size()};
+    alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(int))> control{};
+    msghdr header{};
+    header.msg_iov = &data;
+    header.msg_iovlen = 1;
+    header.msg_control = control.data();
+    header.msg_controllen = control.size();
+    cmsghdr* descriptor = CMSG_FIRSTHDR(&header);
+    descriptor->cmsg_level = SOL_SOCKET;
+    descriptor->cmsg_type = SCM_RIGHTS;
+    descriptor->cmsg_len = CMSG_LEN(sizeof(int));
+    const int fd = channel.get();
+    std::memcpy(CMSG_DATA(descriptor), &fd, sizeof(fd));
+    // MSG_DONTWAIT: a key process that stops reading must not stall the supervisor.
+    const ssize_t sent = sendmsg(control_fd, &header, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (sent != static_cast<ssize_t>(message.size())) {
+        throw Error(ErrorKind::io,
+                    fmt::format("attaching the key channel of connection {} failed: {}",
+                                connection_id, sent < 0 ? std::strerror(errno) : "short send"));
+    }
+}
+
+KeyProcess start_key_process(const Config& config, const SupervisorHooks& hooks) {
+    auto [supervisor_end, key_end] = make_seqpacket_pair();
+    const pid_t pid = fork();
+    if (pid < 0) {
+        throw_system_error("fork of the key process failed");
+    }
+    if (pid == 0) {
+        run_key_child(config, hooks, std::move(key_end));
+    }
+    spdlog::info("key process {} started", pid);
+    return KeyProcess{pid, std::move(supervisor_end), std::chrono::steady_clock::now()};
+}
+
+void stop_key_process(KeyProcess& key) noexcept {
+    if (!key.running()) {
+        return;
+    }
+    key.control.reset();
+    std::optional<int> status = wait_for_exit(key.pid, key_stop_timeout);
+    if (!status) {
+        spdlog::warn("key process {} did not exit within {} ms; sending SIGKILL", key.pid,
+                     key_stop_timeout.count());
+        kill(key.pid, SIGKILL);
+        status = wait_for_exit(key.pid, key_stop_timeout);
+    }
+    if (status && !exited_cleanly(*status)) {
+        spdlog::warn("key process {} exited ({})", key.pid, describe_wait_status(*status));
+    }
+    key.pid = -1;
+}
+
+void run_self_check(TlsStack& stack, const KeyProcess& key, const Config& config) {
+    auto [key_end, client_end] = make_seqpacket_pair();
+    send_attach(key.control.get(), key_end, self_check_connection_id,
+                keyproto::attach_flag_unlimited);
+    key_end.reset();
+    KeyClient client(std::move(client_end), config.limits.key_operation_timeout);
+    stack.use_key_client(client);
+    stack.verify_keys();
+    // NOTE: the stack keeps a pointer to client after this returns. The supervisor never
+    // starts a session, and each connection process calls use_key_client first.
+}
+
+int startup_failure_status(const Error& error, KeyProcess& key) {
+    if (error.kind() == ErrorKind::config) {
+        spdlog::error("{}", error.what());
+        stop_key_process(key);
+        return exit_invalid_config;
+    }
+    const std::optional<int> status = wait_for_exit(key.pid, key_exit_wait);
+    if (!status) {
+        spdlog::error("start-up check failed ({} error): {}", to_string(error.kind()),
+                      error.what());
+        stop_key_process(key);
+        return exit_failure;
+    }
+    key.pid = -1;
+    if (WIFEXITED(*status) && WEXITSTATUS(*status) == key_load_failure_status) {
+        spdlog::error(
+            "key process exited with status {} during start-up: a key could not be "
+            "loaded",
+            key_load_failure_status);
+        return exit_invalid_config;
+    }
+    spdlog::error("key process exited ({}) during start-up: {}", describe_wait_status(*status),
+                  error.what());
+    return exit_failure;
+}
+
+}  // namespace cloister

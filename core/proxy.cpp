@@ -1,0 +1,368 @@
+#include "core/proxy.h"
+
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <span>
+#include <vector>
+
+namespace cloister {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// A bounded byte queue: bytes are appended at the tail and taken from the head.
+class ByteBuffer {
+  public:
+    explicit ByteBuffer(std::size_t capacity) : data_(capacity) {}
+
+    [[nodiscard]] bool empty() const { return begin_ == end_; }
+    // True unless every byte of the buffer contains unsent data.
+    [[nodiscard]] bool has_room() const { return end_ - begin_ < data_.size(); }
+    // True when bytes can be appended without compacting first.
+    [[nodiscard]] bool has_tail_room() const { return end_ < data_.size(); }
+    [[nodiscard]] std::span<const std::byte> readable() const {
+        return {data_.data() + begin_, end_ - begin_};
+    }
+    [[nodiscard]] std::span<std::byte> writable() {
+        return {data_.data() + end_, data_.size() - end_};
+    }
+    void commit(std::size_t count) { end_ += count; }
+    void consume(std::size_t count) {
+        begin_ += count;
+        if (begin_ == end_) {
+            begin_ = 0;
+            end_ = 0;
+        }
+    }
+    // Moves the unread bytes to the front so that the tail has room again.
+    void compact() {
+        if (begin_ == 0) {
+            return;
+        }
+        std::memmove(data_.data(), data_.data() + begin_, end_ - begin_);
+        end_ -= begin_;
+        begin_ = 0;
+    }
+
+  private:
+    std::vector<std::byte> data_;
+    std::size_t begin_ = 0;
+    std::size_t end_ = 0;
+};
+
+std::string errno_text(const char* operation) {
+    return std::string(operation) + ": " + std::strerror(errno);
+}
+
+bool would_block(int error) {
+    return error == EAGAIN || error == EWOULDBLOCK || error == EINTR;
+}
+
+// The poll events that let a TLS call retry after it returned status.
+short wait_events(IoStatus status) {
+    return status == IoStatus::want_write ? POLLOUT : POLLIN;
+}
+
+class Proxy {
+  public:
+    Proxy(TlsSession& session, int client_fd, int backend_fd, const ProxyOptions& options)
+        : session_(session),
+          client_(client_fd),
+          backend_(backend_fd),
+          idle_timeout_(options.idle_timeout),
+          to_backend_(options.buffer_size),
+          to_client_(options.buffer_size),
+          last_activity_(Clock::now()) {}
+
+    ProxyResult run() {
+        while (!done()) {
+            if (!wait()) {
+                result_.end = ProxyEnd::idle_timeout;
+                break;
+            }
+            if (stopped_) {
+                break;
+            }
+            read_client();
+            write_backend();
+            read_backend();
+            write_client();
+        }
+        return result_;
+    }
+
+  private:
+    [[nodiscard]] bool done() const {
+        return stopped_ || (client_eof_ && backend_shut_ && backend_eof_ && client_shut_);
+    }
+
+    // Each side is read only while the buffer towards the other side has room, so a slow
+    // reader holds back the fast writer (backpressure).
+    [[nodiscard]] bool wants_client_read() const {
+        return !client_eof_ && !stopped_ && to_backend_.has_room();
+    }
+    [[nodiscard]] bool wants_client_write() const {
+        return !client_shut_ && !stopped_ && (!to_client_.empty() || backend_eof_);
+    }
+    [[nodiscard]] bool wants_backend_read() const {
+        if (backend_eof_ || stopped_) {
+            return false;
+        }
+        // A TLS write that must be retried needs its bytes where they are, so the buffer
+        // cannot be compacted until that write completes.
+        return client_write_blocked_ ? to_client_.has_tail_room() : to_client_.has_room();
+    }
+    [[nodiscard]] bool wants_backend_write() const { return !to_backend_.empty() && !stopped_; }
+
+    // Decrypted bytes already inside the TLS stack can be read without waiting.
+    [[nodiscard]] bool client_data_pending() const {
+        return wants_client_read() && !client_read_blocked_ && session_.has_pending();
+    }
+
+    [[nodiscard]] short client_poll_events() const {
+        int events = 0;
+        if (wants_client_read()) {
+            events |= client_read_wait_;
+        }
+        if (wants_client_write()) {
+            events |= client_write_wait_;
+        }
+        return static_cast<short>(events);
+    }
+
+    [[nodiscard]] short backend_poll_events() const {
+        int events = 0;
+        if (wants_backend_read()) {
+            events |= POLLIN;
+        }
+        if (wants_backend_write()) {
+            events |= POLLOUT;
+        }
+        return static_cast<short>(events);
+    }
+
+    // Waits for the next event. Returns false when the idle timeout has passed.
+    bool wait() {
+        const short client_events = client_poll_events();
+        const short backend_events = backend_poll_events();
+        // A descriptor with no wanted event is left out, because poll() reports POLLHUP on it
+        // regardless and the loop would spin.
+        std::array<pollfd, 2> fds{{{client_events != 0 ? client_ : -1, client_events, 0},
+                                   {backend_events != 0 ? backend_ : -1, backend_events, 0}}};
+        const auto idle_left =
+            idle_timeout_ - std::chrono::duration_cast<milliseconds>(Clock::now() - last_activity_);
+        if (idle_left.count() <= 0) {
+            return false;
+        }
+        const int timeout = client_data_pending() ? 0 : static_cast<int>(idle_left.count());
+        if (poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) {
+            fail(ProxyEnd::client_failed, errno_text("poll failed"));
+        }
+        return true;
+    }
+
+    void read_client() {
+        if (!wants_client_read()) {
+            return;
+        }
+        if (!to_backend_.has_tail_room()) {
+            to_backend_.compact();
+        }
+        const std::span<std::byte> room = to_backend_.writable();
+        if (room.empty()) {
+            return;
+        }
+        const IoResult result = session_.read(room);
+        client_read_blocked_ = false;
+        client_read_wait_ = POLLIN;
+        switch (result.status) {
+            case IoStatus::done:
+                to_backend_.commit(result.bytes);
+                touch(result.bytes);
+                break;
+            case IoStatus::want_read:
+            case IoStatus::want_write:
+                client_read_blocked_ = true;
+                client_read_wait_ = wait_events(result.status);
+                break;
+            case IoStatus::closed:
+                client_eof_ = true;
+                break;
+            case IoStatus::truncated:
+                spdlog::info("client closed without close_notify");
+                client_eof_ = true;
+                result_.client_truncated = true;
+                break;
+            case IoStatus::failed:
+                fail(ProxyEnd::client_failed, "TLS read failed: " + result.error);
+                break;
+        }
+    }
+
+    void write_backend() {
+        if (wants_backend_write()) {
+            const std::span<const std::byte> data = to_backend_.readable();
+            const ssize_t sent = send(backend_, data.data(), data.size(), MSG_NOSIGNAL);
+            if (sent > 0) {
+                to_backend_.consume(static_cast<std::size_t>(sent));
+                result_.bytes_in += static_cast<std::uint64_t>(sent);
+                touch(static_cast<std::size_t>(sent));
+            } else if (sent < 0 && !would_block(errno)) {
+                fail(ProxyEnd::backend_failed, errno_text("send to backend failed"));
+                return;
+            }
+        }
+        if (client_eof_ && to_backend_.empty() && !backend_shut_ && !stopped_) {
+            // The backend may already have closed its side; the connection still ends cleanly.
+            shutdown(backend_, SHUT_WR);
+            backend_shut_ = true;
+        }
+    }
+
+    void read_backend() {
+        if (!wants_backend_read()) {
+            return;
+        }
+        if (!to_client_.has_tail_room() && !client_write_blocked_) {
+            to_client_.compact();
+        }
+        const std::span<std::byte> room = to_client_.writable();
+        if (room.empty()) {
+            return;
+        }
+        const ssize_t received = recv(backend_, room.data(), room.size(), 0);
+        if (received > 0) {
+            to_client_.commit(static_cast<std::size_t>(received));
+            touch(static_cast<std::size_t>(received));
+        } else if (received == 0) {
+            backend_eof_ = true;
+        } else if (!would_block(errno)) {
+            fail(ProxyEnd::backend_failed, errno_text("receive from backend failed"));
+        }
+    }
+
+    void write_client() {
+        if (!to_client_.empty() && wants_client_write()) {
+            write_client_data();
+        }
+        if (to_client_.empty() && wants_client_write()) {
+            send_close_notify();
+        }
+    }
+
+    void write_client_data() {
+        const IoResult result = session_.write(to_client_.readable());
+        client_write_blocked_ = false;
+        client_write_wait_ = POLLOUT;
+        switch (result.status) {
+            case IoStatus::done:
+                to_client_.consume(result.bytes);
+                result_.bytes_out += result.bytes;
+                touch(result.bytes);
+                break;
+            case IoStatus::want_read:
+            case IoStatus::want_write:
+                client_write_blocked_ = true;
+                client_write_wait_ = wait_events(result.status);
+                break;
+            case IoStatus::closed:
+            case IoStatus::truncated:
+            case IoStatus::failed:
+                client_write_failed("TLS write failed: " + result.error);
+                break;
+        }
+    }
+
+    void send_close_notify() {
+        const IoResult result = session_.shutdown();
+        switch (result.status) {
+            case IoStatus::done:
+                client_shut_ = true;
+                break;
+            case IoStatus::want_read:
+            case IoStatus::want_write:
+                client_write_wait_ = wait_events(result.status);
+                break;
+            case IoStatus::closed:
+            case IoStatus::truncated:
+            case IoStatus::failed:
+                client_write_failed("sending close_notify failed: " + result.error);
+                break;
+        }
+    }
+
+    // After a truncated EOF the client is gone, so a failed write ends the loop normally.
+    void client_write_failed(const std::string& error) {
+        if (result_.client_truncated) {
+            spdlog::debug("client is gone: {}", error);
+            stopped_ = true;
+            return;
+        }
+        fail(ProxyEnd::client_failed, error);
+    }
+
+    void fail(ProxyEnd end, const std::string& error) {
+        if (stopped_) {
+            return;
+        }
+        result_.end = end;
+        result_.error = error;
+        stopped_ = true;
+    }
+
+    void touch(std::size_t bytes) {
+        if (bytes > 0) {
+            last_activity_ = Clock::now();
+        }
+    }
+
+    TlsSession& session_;
+    int client_;
+    int backend_;
+    milliseconds idle_timeout_;
+    ByteBuffer to_backend_;
+    ByteBuffer to_client_;
+    Clock::time_point last_activity_;
+    ProxyResult result_;
+
+    bool client_eof_ = false;    // close_notify or EOF came from the client
+    bool backend_shut_ = false;  // the write side towards the backend is shut down
+    bool backend_eof_ = false;   // the backend closed its write side
+    bool client_shut_ = false;   // close_notify was sent to the client
+    bool stopped_ = false;       // the loop ends now, with result_ as it is
+    bool client_read_blocked_ = false;
+    bool client_write_blocked_ = false;
+    short client_read_wait_ = POLLIN;
+    short client_write_wait_ = POLLOUT;
+};
+
+}  // namespace
+
+ProxyResult run_proxy(TlsSession& session, int client_fd, int backend_fd,
+                      const ProxyOptions& options) {
+    Proxy proxy(session, client_fd, backend_fd, options);
+    return proxy.run();
+}
+
+const char* to_string(ProxyEnd end) noexcept {
+    switch (end) {
+        case ProxyEnd::finished:
+            return "finished";
+        case ProxyEnd::idle_timeout:
+            return "idle_timeout";
+        case ProxyEnd::client_failed:
+            return "client_failed";
+        case ProxyEnd::backend_failed:
+            return "backend_failed";
+    }
+    return "unknown";
+}
+
+}  // namespace cloister

@@ -1,0 +1,48 @@
+// The interface between the key process's request handling and the place where keys live.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/key_protocol.h"
+
+namespace cloister {
+
+// The key algorithms the key process accepts. EC covers P-256 and P-384.
+enum class KeyType { rsa, ec, ed25519 };
+
+const char* to_string(KeyType type) noexcept;
+
+// A fixed set of private keys, addressed by the key index of the key channel (the index in
+// Config::keys). Every method may be called from several worker threads at once.
+class KeyStore {
+  public:
+    KeyStore() = default;
+    KeyStore(const KeyStore&) = delete;
+    KeyStore& operator=(const KeyStore&) = delete;
+    KeyStore(KeyStore&&) = delete;
+    KeyStore& operator=(KeyStore&&) = delete;
+    virtual ~KeyStore() = default;
+
+    // Number of keys. Valid indexes are 0 to size() - 1.
+    [[nodiscard]] virtual std::size_t size() const = 0;
+
+    // The methods below require index < size().
+
+    // The key name from the config, for log lines.
+    [[nodiscard]] virtual const std::string& key_name(std::size_t index) const = 0;
+    [[nodiscard]] virtual KeyType key_type(std::size_t index) const = 0;
+    // Returns the key's SubjectPublicKeyInfo, DER.
+    [[nodiscard]] virtual std::vector<std::uint8_t> public_key(std::size_t index) const = 0;
+    // Hashes and signs the whole message as scheme prescribes and returns the signature in TLS
+    // wire form (DER for ECDSA). Throws Error(policy) when scheme does not fit the key and
+    // Error(crypto) when signing fails.
+    [[nodiscard]] virtual std::vector<std::uint8_t> sign(
+        std::size_t index, keyproto::SignatureScheme scheme,
+        std::span<const std::uint8_t> message) const = 0;
+};
+
+}  // namespace cloister

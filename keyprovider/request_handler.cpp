@@ -1,0 +1,104 @@
+#include "keyprovider/request_handler.h"
+
+#include <fmt/format.h>
+
+#include <utility>
+
+#include "core/error.h"
+#include "keyprovider/signature_schemes.h"
+#include "keyprovider/signing_policy.h"
+
+namespace cloister {
+namespace {
+
+using keyproto::Request;
+using keyproto::Status;
+
+HandlerResult make_result(const Request& request, Status status, std::string reason) {
+    HandlerResult result;
+    result.response.type = request.type;
+    result.response.status = status;
+    result.response.request_id = request.request_id;
+    result.reason = std::move(reason);
+    return result;
+}
+
+HandlerResult make_ok(const Request& request, std::vector<std::uint8_t> payload) {
+    HandlerResult result = make_result(request, Status::ok, {});
+    result.response.payload = std::move(payload);
+    return result;
+}
+
+std::string scheme_text(std::uint16_t scheme) {
+    const auto name = keyproto::scheme_name(scheme);
+    return name ? *name : fmt::format("0x{:04x}", scheme);
+}
+
+}  // namespace
+
+RequestHandler::RequestHandler(const KeyStore& store, HandlerOptions options)
+    : store_(store), options_(options) {}
+
+HandlerResult RequestHandler::handle(const Request& request, ChannelState& channel) const {
+    if (request.type == keyproto::MessageType::public_key) {
+        return public_key(request);
+    }
+    return sign(request, channel);
+}
+
+HandlerResult RequestHandler::public_key(const Request& request) const {
+    if (request.key_index >= store_.size()) {
+        return make_result(request, Status::unknown_key,
+                           fmt::format("key index {} does not exist ({} keys loaded)",
+                                       request.key_index, store_.size()));
+    }
+    return make_ok(request, store_.public_key(request.key_index));
+}
+
+HandlerResult RequestHandler::sign(const Request& request, ChannelState& channel) const {
+    if (auto refusal = check_sign(request, channel)) {
+        return std::move(*refusal);
+    }
+
+    ++channel.operations;
+    try {
+        const auto scheme = static_cast<keyproto::SignatureScheme>(request.scheme);
+        return make_ok(request, store_.sign(request.key_index, scheme, request.payload));
+    } catch (const Error& error) {
+        return make_result(request, Status::failed,
+                           fmt::format("signing with key '{}' failed: {}",
+                                       store_.key_name(request.key_index), error.what()));
+    }
+}
+
+std::optional<HandlerResult> RequestHandler::check_sign(const Request& request,
+                                                        const ChannelState& channel) const {
+    if (request.key_index >= store_.size()) {
+        return make_result(request, Status::unknown_key,
+                           fmt::format("key index {} does not exist ({} keys loaded)",
+                                       request.key_index, store_.size()));
+    }
+    const KeyType type = store_.key_type(request.key_index);
+    if (!scheme_fits(type, request.scheme)) {
+        return make_result(
+            request, Status::unsupported_scheme,
+            fmt::format("scheme {} does not fit {} key '{}'", scheme_text(request.scheme),
+                        to_string(type), store_.key_name(request.key_index)));
+    }
+    if (options_.tls_signing_policy) {
+        const PolicyResult verdict = check_tls_signing_input(request.payload, request.scheme);
+        if (!verdict.accepted()) {
+            return make_result(request, Status::refused,
+                               fmt::format("signing policy rejected the {}-byte message: {}",
+                                           request.payload.size(), verdict.reason));
+        }
+    }
+    if (!channel.unlimited && channel.operations >= options_.max_operations_per_channel) {
+        return make_result(request, Status::quota_exceeded,
+                           fmt::format("the channel has used its {} private-key operations",
+                                       options_.max_operations_per_channel));
+    }
+    return std::nullopt;
+}
+
+}  // namespace cloister

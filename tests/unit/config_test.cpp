@@ -1,0 +1,710 @@
+// Tests for the TOML config loader: the example config, rejections with their exact
+// messages and locations, path resolution and durations.
+#include "core/config.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace cloister {
+namespace {
+
+using std::chrono::milliseconds;
+
+// The smallest valid config. Lines 1 to 14; tests append tables from line 15 on.
+constexpr std::string_view kMinimal = R"([[listener]]
+address = "127.0.0.1:8443"
+
+[[key]]
+name = "rsa"
+file = "keys/rsa.key"
+
+[[vhost]]
+server-names = ["www.example.test"]
+backend = "127.0.0.1:8080"
+
+[[vhost.certificate]]
+chain = "certs/rsa.pem"
+key = "rsa"
+)";
+
+constexpr std::string_view kListenerAndKey = R"([[listener]]
+address = "127.0.0.1:8443"
+
+[[key]]
+name = "rsa"
+file = "keys/rsa.key"
+)";
+
+std::string with(std::string_view extra) {
+    return std::string(kMinimal) + std::string(extra);
+}
+
+// Returns the message of the config error that parse_config throws for text.
+std::string error_of(std::string_view text, const std::string& source = "cloister.toml") {
+    try {
+        static_cast<void>(parse_config(text, source));
+    } catch (const Error& error) {
+        EXPECT_EQ(error.kind(), ErrorKind::config);
+        return error.what();
+    }
+    ADD_FAILURE() << "parse_config accepted:\n" << text;
+    return {};
+}
+
+std::string address_error_of(const std::string& text) {
+    try {
+        static_cast<void>(SocketAddress::parse(text));
+    } catch (const Error& error) {
+        EXPECT_EQ(error.kind(), ErrorKind::config);
+        return error.what();
+    }
+    ADD_FAILURE() << "SocketAddress::parse accepted " << text;
+    return {};
+}
+
+TEST(ConfigExample, LoadsFromSourceTree) {
+    const std::filesystem::path dir(CLOISTER_SOURCE_DIR);
+    const Config config = load_config(dir / "cloister.example.toml");
+
+    EXPECT_EQ(config.source, (dir / "cloister.example.toml").lexically_normal());
+    EXPECT_EQ(config.server.tls_backend, "openssl");
+    EXPECT_EQ(config.server.log_level, LogLevel::info);
+    ASSERT_EQ(config.listeners.size(), 2U);
+    EXPECT_EQ(config.listeners[0].address.host, "0.0.0.0");
+    EXPECT_EQ(config.listeners[0].address.port, 8443);
+    EXPECT_EQ(config.listeners[1].address.host, "::");
+    EXPECT_EQ(config.listeners[1].address.text, "[::]:8443");
+    EXPECT_EQ(config.listeners[1].where.line, 14U);
+    EXPECT_EQ(config.listeners[1].where.column, 11U);
+    EXPECT_EQ(config.tls.min_version, TlsVersion::tls1_2);
+    EXPECT_EQ(config.tls.max_version, TlsVersion::tls1_3);
+    EXPECT_EQ(config.tls.groups, "X25519:P-256:P-384");
+    EXPECT_EQ(config.tls.unknown_sni, SniMismatch::use_default);
+    EXPECT_EQ(config.limits.idle_timeout, milliseconds(300'000));
+    EXPECT_EQ(config.limits.buffer_size, 16384U);
+    EXPECT_EQ(config.key_process.workers, 0U);
+    ASSERT_EQ(config.keys.size(), 1U);
+    EXPECT_EQ(config.keys[0].name, "www-rsa");
+    EXPECT_EQ(config.keys[0].file, (dir / "keys/www-rsa.key").lexically_normal());
+    EXPECT_FALSE(config.keys[0].passphrase_file.has_value());
+    ASSERT_EQ(config.vhosts.size(), 1U);
+    EXPECT_EQ(config.vhosts[0].name, "www.example.test");
+    EXPECT_EQ(config.vhosts[0].server_names.size(), 2U);
+    EXPECT_TRUE(config.vhosts[0].is_default);
+    EXPECT_TRUE(config.vhosts[0].default_explicit);
+    EXPECT_EQ(config.vhosts[0].backend.port, 8080);
+    ASSERT_EQ(config.vhosts[0].certificates.size(), 1U);
+    EXPECT_EQ(config.vhosts[0].certificates[0].chain,
+              (dir / "certs/www-rsa.pem").lexically_normal());
+    EXPECT_EQ(config.vhosts[0].certificates[0].key_index, 0U);
+}
+
+TEST(ConfigDefaults, MinimalConfig) {
+    const Config config = parse_config(kMinimal, "/etc/cloister/cloister.toml");
+
+    EXPECT_EQ(config.source, "/etc/cloister/cloister.toml");
+    EXPECT_EQ(config.limits.spare_children, 4U);
+    EXPECT_EQ(config.limits.max_connections, 1024U);
+    EXPECT_EQ(config.limits.handshake_timeout, milliseconds(10'000));
+    EXPECT_EQ(config.limits.drain_timeout, milliseconds(30'000));
+    EXPECT_EQ(config.tls.missing_sni, SniMismatch::use_default);
+    EXPECT_TRUE(config.tls.prefer_server_ciphers);
+    EXPECT_EQ(config.key_process.max_operations_per_channel, 1U);
+    EXPECT_TRUE(config.vhosts[0].is_default);
+    EXPECT_FALSE(config.vhosts[0].default_explicit);
+    EXPECT_EQ(config.vhosts[0].where.line, 8U);
+    EXPECT_EQ(config.vhosts[0].server_name_locations.at(0).line, 9U);
+    EXPECT_EQ(config.vhosts[0].server_name_locations.at(0).column, 17U);
+    EXPECT_EQ(config.vhosts[0].certificates[0].key_name, "rsa");
+}
+
+TEST(ConfigValues, AllSectionsRead) {
+    const Config config = parse_config(with(R"(
+[server]
+log-level = "warning"
+
+[tls]
+min-version = "1.3"
+ciphers = "ECDHE+AESGCM"
+prefer-server-ciphers = false
+unknown-sni = "reject"
+missing-sni = "reject"
+
+[limits]
+spare-children = 0
+max-connections = 1000000
+buffer-size = 1024
+
+[key-process]
+workers = 256
+max-operations-per-channel = 64
+)"),
+                                       "cloister.toml");
+
+    EXPECT_EQ(config.server.log_level, LogLevel::warning);
+    EXPECT_EQ(config.tls.min_version, TlsVersion::tls1_3);
+    EXPECT_EQ(config.tls.ciphers, "ECDHE+AESGCM");
+    EXPECT_FALSE(config.tls.prefer_server_ciphers);
+    EXPECT_EQ(config.tls.unknown_sni, SniMismatch::reject);
+    EXPECT_EQ(config.tls.missing_sni, SniMismatch::reject);
+    EXPECT_EQ(config.limits.spare_children, 0U);
+    EXPECT_EQ(config.limits.max_connections, 1'000'000U);
+    EXPECT_EQ(config.limits.buffer_size, 1024U);
+    EXPECT_EQ(config.key_process.workers, 256U);
+    EXPECT_EQ(config.key_process.max_operations_per_channel, 64U);
+}
+
+TEST(ConfigDuration, Units) {
+    const Config config = parse_config(with(R"(
+[limits]
+handshake-timeout = "500ms"
+idle-timeout = "2h"
+drain-timeout = 0
+backend-connect-timeout = "3m"
+key-operation-timeout = 7
+)"),
+                                       "cloister.toml");
+
+    EXPECT_EQ(config.limits.handshake_timeout, milliseconds(500));
+    EXPECT_EQ(config.limits.idle_timeout, milliseconds(7'200'000));
+    EXPECT_EQ(config.limits.drain_timeout, milliseconds(0));
+    EXPECT_EQ(config.limits.backend_connect_timeout, milliseconds(180'000));
+    EXPECT_EQ(config.limits.key_operation_timeout, milliseconds(7'000));
+}
+
+TEST(ConfigDuration, Bounds) {
+    const Config config = parse_config(with(R"(
+[limits]
+handshake-timeout = "10m"
+idle-timeout = "1s"
+drain-timeout = "1h"
+backend-connect-timeout = "100ms"
+key-operation-timeout = "60s"
+)"),
+                                       "cloister.toml");
+
+    EXPECT_EQ(config.limits.handshake_timeout, milliseconds(600'000));
+    EXPECT_EQ(config.limits.idle_timeout, milliseconds(1'000));
+    EXPECT_EQ(config.limits.drain_timeout, milliseconds(3'600'000));
+    EXPECT_EQ(config.limits.backend_connect_timeout, milliseconds(100));
+    EXPECT_EQ(config.limits.key_operation_timeout, milliseconds(60'000));
+}
+
+constexpr std::string_view kHandshakeRange =
+    R"(limits.handshake-timeout: expected a duration from 100ms to 10m, such as "10s" )"
+    R"((units ms, s, m and h; a bare integer counts seconds), got )";
+
+TEST(ConfigDuration, RejectsZero) {
+    EXPECT_EQ(error_of(with("[limits]\nhandshake-timeout = \"0s\"\n")),
+              "cloister.toml:16:21: " + std::string(kHandshakeRange) + "\"0s\"");
+}
+
+TEST(ConfigDuration, RejectsNegative) {
+    EXPECT_EQ(error_of(with("[limits]\nhandshake-timeout = -5\n")),
+              "cloister.toml:16:21: " + std::string(kHandshakeRange) + "-5");
+    EXPECT_EQ(error_of(with("[limits]\nhandshake-timeout = \"-5s\"\n")),
+              "cloister.toml:16:21: " + std::string(kHandshakeRange) + "\"-5s\"");
+}
+
+TEST(ConfigDuration, RejectsAboveMaximum) {
+    EXPECT_EQ(error_of(with("[limits]\nhandshake-timeout = \"11m\"\n")),
+              "cloister.toml:16:21: " + std::string(kHandshakeRange) + "\"11m\"");
+    EXPECT_EQ(error_of(with("[limits]\nhandshake-timeout = \"99999999999999h\"\n")),
+              "cloister.toml:16:21: " + std::string(kHandshakeRange) + "\"99999999999999h\"");
+}
+
+TEST(ConfigDuration, RejectsBadForms) {
+    for (const std::string value : {"\"10\"", "\"10 s\"", "\"s\"", "\"10sec\"", "1.5", "true"}) {
+        EXPECT_EQ(error_of(with("[limits]\nhandshake-timeout = " + value + "\n")),
+                  "cloister.toml:16:21: " + std::string(kHandshakeRange) + value);
+    }
+}
+
+TEST(ConfigDuration, IdleTimeoutRange) {
+    EXPECT_EQ(error_of(with("[limits]\nidle-timeout = \"999ms\"\n")),
+              "cloister.toml:16:16: limits.idle-timeout: expected a duration from 1s to 24h, "
+              "such as \"10s\" (units ms, s, m and h; a bare integer counts seconds), got "
+              "\"999ms\"");
+}
+
+TEST(ConfigErrors, UnknownKey) {
+    EXPECT_EQ(error_of(with("[limits]\nspare-childs = 4\n")),
+              "cloister.toml:16:1: unknown key 'spare-childs' in [limits]; expected one of: "
+              "spare-children, max-connections, handshake-timeout, idle-timeout, "
+              "drain-timeout, backend-connect-timeout, key-operation-timeout, buffer-size");
+}
+
+TEST(ConfigErrors, UnknownTopLevelKey) {
+    EXPECT_EQ(error_of(with("[limit]\nspare-children = 4\n")),
+              "cloister.toml:15:2: unknown key 'limit' at the top level; expected one of: "
+              "server, listener, tls, limits, key-process, key, vhost");
+}
+
+TEST(ConfigErrors, UnknownKeyInCertificate) {
+    EXPECT_EQ(error_of(with("password = \"x\"\n")),
+              "cloister.toml:15:1: unknown key 'password' in vhost[0].certificate[0]; expected "
+              "one of: chain, key");
+}
+
+TEST(ConfigErrors, FirstUnknownKeyReported) {
+    // Both keys are unknown, and the one written first is reported, not the first in key order.
+    EXPECT_EQ(error_of(with("[tls]\nzeta = 1\nalpha = 2\n")),
+              "cloister.toml:16:1: unknown key 'zeta' in [tls]; expected one of: min-version, "
+              "max-version, ciphersuites, ciphers, groups, prefer-server-ciphers, unknown-sni, "
+              "missing-sni");
+}
+
+TEST(ConfigErrors, WrongType) {
+    EXPECT_EQ(error_of(with("[limits]\nspare-children = \"four\"\n")),
+              "cloister.toml:16:18: limits.spare-children: expected an integer from 0 to 1024, "
+              "got \"four\"");
+    EXPECT_EQ(error_of(with("[tls]\nprefer-server-ciphers = \"yes\"\n")),
+              "cloister.toml:16:25: tls.prefer-server-ciphers: expected true or false, got "
+              "\"yes\"");
+}
+
+TEST(ConfigErrors, SectionOfWrongType) {
+    const std::string text = "limits = 5\n" + std::string(kMinimal);
+    EXPECT_EQ(error_of(text), "cloister.toml:1:10: limits: expected a table ([limits]), got 5");
+    const std::string listener = "listener = { address = \"127.0.0.1:1\" }\n[[key]]\n";
+    EXPECT_EQ(error_of(listener),
+              "cloister.toml:1:12: listener: expected an array of tables ([[listener]]), got "
+              "a table");
+}
+
+TEST(ConfigErrors, IntegerOutOfRange) {
+    EXPECT_EQ(error_of(with("[limits]\nmax-connections = 0\n")),
+              "cloister.toml:16:19: limits.max-connections: expected an integer from 1 to "
+              "1000000, got 0");
+    EXPECT_EQ(error_of(with("[limits]\nbuffer-size = 1023\n")),
+              "cloister.toml:16:15: limits.buffer-size: expected an integer from 1024 to "
+              "1048576, got 1023");
+    EXPECT_EQ(error_of(with("[key-process]\nworkers = 257\n")),
+              "cloister.toml:16:11: key-process.workers: expected an integer from 0 to 256, "
+              "got 257");
+    EXPECT_EQ(error_of(with("[key-process]\nmax-operations-per-channel = 0\n")),
+              "cloister.toml:16:30: key-process.max-operations-per-channel: expected an "
+              "integer from 1 to 64, got 0");
+}
+
+TEST(ConfigErrors, SpareChildrenAboveMaxConnections) {
+    EXPECT_EQ(error_of(with("[limits]\nspare-children = 8\nmax-connections = 4\n")),
+              "cloister.toml:16:18: limits.spare-children: spare-children (8) is above "
+              "max-connections (4); expected spare-children <= max-connections");
+    EXPECT_EQ(error_of(with("[limits]\nmax-connections = 2\n")),
+              "cloister.toml:16:19: limits.max-connections: spare-children (4) is above "
+              "max-connections (2); expected spare-children <= max-connections");
+}
+
+TEST(ConfigErrors, MinVersionAboveMax) {
+    EXPECT_EQ(error_of(with("[tls]\nmin-version = \"1.3\"\nmax-version = \"1.2\"\n")),
+              "cloister.toml:16:15: tls.min-version: tls.min-version is above "
+              "tls.max-version; expected min-version <= max-version");
+}
+
+TEST(ConfigErrors, UnknownChoice) {
+    EXPECT_EQ(error_of(with("[tls]\nmax-version = \"1.1\"\n")),
+              "cloister.toml:16:15: tls.max-version: expected \"1.2\" or \"1.3\", got \"1.1\"");
+    EXPECT_EQ(error_of(with("[tls]\nunknown-sni = \"strict\"\n")),
+              "cloister.toml:16:15: tls.unknown-sni: expected \"default\" or \"reject\", got "
+              "\"strict\"");
+    EXPECT_EQ(error_of(with("[server]\nlog-level = \"verbose\"\n")),
+              "cloister.toml:16:13: server.log-level: expected \"debug\", \"info\", \"warning\" "
+              "or \"error\", got \"verbose\"");
+}
+
+TEST(ConfigErrors, BotanRejected) {
+    EXPECT_EQ(error_of(with("[server]\ntls-backend = \"botan\"\n")),
+              "cloister.toml:16:15: server.tls-backend: \"botan\" is not available in this "
+              "build; expected \"openssl\", the only TLS stack it supports for now");
+    EXPECT_EQ(error_of(with("[server]\ntls-backend = \"gnutls\"\n")),
+              "cloister.toml:16:15: server.tls-backend: expected \"openssl\", got \"gnutls\"");
+}
+
+TEST(ConfigErrors, EmptyOrControlString) {
+    EXPECT_EQ(error_of(with("[tls]\nciphers = \"\"\n")),
+              "cloister.toml:16:11: tls.ciphers: expected an OpenSSL cipher list such as "
+              "\"ECDHE+AESGCM:ECDHE+CHACHA20\", got \"\"");
+    EXPECT_EQ(error_of(with("[tls]\ngroups = \"X25519\\u0000\"\n")),
+              "cloister.toml:16:10: tls.groups: expected an OpenSSL group list such as "
+              "\"X25519:P-256\", without control characters, got \"X25519\\u0000\"");
+}
+
+TEST(ConfigErrors, MissingListener) {
+    const std::string text(kMinimal.substr(kMinimal.find("[[key]]")));
+    EXPECT_EQ(error_of(text),
+              "cloister.toml:1:1: listener is missing; expected at least one [[listener]] "
+              "with an address such as \"0.0.0.0:8443\"");
+    EXPECT_EQ(error_of("listener = []\n" + text),
+              "cloister.toml:1:1: listener is missing; expected at least one [[listener]] "
+              "with an address such as \"0.0.0.0:8443\"");
+}
+
+TEST(ConfigErrors, MissingKeyAndVhost) {
+    EXPECT_EQ(error_of("[[listener]]\naddress = \"127.0.0.1:1\"\n"),
+              "cloister.toml:1:1: key is missing; expected at least one [[key]] with a name "
+              "and a file");
+    EXPECT_EQ(error_of(kListenerAndKey),
+              "cloister.toml:1:1: vhost is missing; expected at least one [[vhost]] with a "
+              "backend and a certificate");
+}
+
+TEST(ConfigErrors, MissingRequiredKeyNamesTable) {
+    EXPECT_EQ(error_of(std::string(kListenerAndKey) + "\n[[vhost]]\nserver-names = [\"a.test\"]\n"
+                                                      "[[vhost.certificate]]\nchain = \"c.pem\"\n"
+                                                      "key = \"rsa\"\n"),
+              "cloister.toml:8:1: vhost[0].backend is missing; expected an address of the form "
+              "\"IPV4:PORT\", \"[IPV6]:PORT\", \"HOSTNAME:PORT\" or \"unix:/ABSOLUTE/PATH\"");
+    EXPECT_EQ(error_of(std::string(kListenerAndKey) + "\n[[vhost]]\nbackend = \"127.0.0.1:1\"\n"),
+              "cloister.toml:8:1: vhost[0].certificate is missing; expected at least one "
+              "[[vhost.certificate]] with a chain and a key");
+    EXPECT_EQ(error_of(with("[[vhost.certificate]]\nkey = \"rsa\"\n")),
+              "cloister.toml:15:1: vhost[0].certificate[1].chain is missing; expected the path "
+              "of a PEM certificate chain, leaf first");
+    EXPECT_EQ(error_of(with("[[key]]\nfile = \"k.pem\"\n")),
+              "cloister.toml:15:1: key[1].name is missing; expected a non-empty key name");
+}
+
+TEST(ConfigErrors, UnknownKeyNameInCertificate) {
+    EXPECT_EQ(error_of(with("[[key]]\nname = \"ec\"\nfile = \"ec.key\"\n"
+                            "[[vhost]]\nserver-names = [\"b.test\"]\nbackend = \"[::1]:80\"\n"
+                            "[[vhost.certificate]]\nchain = \"b.pem\"\nkey = \"ecdsa\"\n")),
+              "cloister.toml:23:7: vhost[1].certificate[0].key: no [[key]] is named \"ecdsa\"; "
+              "expected one of: \"rsa\", \"ec\"");
+}
+
+TEST(ConfigKeys, IndexFollowsKeyOrder) {
+    const Config config = parse_config(with("[[key]]\nname = \"ec\"\nfile = \"ec.key\"\n"
+                                            "passphrase-file = \"/run/ec.pass\"\n"
+                                            "[[vhost.certificate]]\nchain = \"ec.pem\"\n"
+                                            "key = \"ec\"\n"),
+                                       "/etc/cloister/cloister.toml");
+
+    ASSERT_EQ(config.vhosts[0].certificates.size(), 2U);
+    EXPECT_EQ(config.vhosts[0].certificates[0].key_index, 0U);
+    EXPECT_EQ(config.vhosts[0].certificates[1].key_index, 1U);
+    EXPECT_EQ(config.keys[1].passphrase_file, std::filesystem::path("/run/ec.pass"));
+}
+
+TEST(ConfigErrors, DuplicateKeyNames) {
+    EXPECT_EQ(error_of(with("[[key]]\nname = \"rsa\"\nfile = \"other.key\"\n")),
+              "cloister.toml:16:8: key[1].name: duplicate key name \"rsa\", first defined at "
+              "cloister.toml:4:1; expected a unique name for each [[key]]");
+}
+
+constexpr std::string_view kSecondVhost = R"(
+[[vhost]]
+server-names = ["api.example.test"]
+backend = "unix:/run/api.sock"
+default = true
+
+[[vhost.certificate]]
+chain = "certs/api.pem"
+key = "rsa"
+)";
+
+TEST(ConfigVhosts, ExplicitDefault) {
+    const Config config = parse_config(with(kSecondVhost), "cloister.toml");
+
+    ASSERT_EQ(config.vhosts.size(), 2U);
+    EXPECT_FALSE(config.vhosts[0].is_default);
+    EXPECT_TRUE(config.vhosts[1].is_default);
+    EXPECT_TRUE(config.vhosts[1].default_explicit);
+    EXPECT_EQ(config.vhosts[1].backend.kind, SocketAddress::Kind::unix_socket);
+    EXPECT_EQ(config.vhosts[1].backend.path, "/run/api.sock");
+}
+
+TEST(ConfigErrors, TwoDefaults) {
+    std::string text = with(kSecondVhost) + std::string(kSecondVhost);
+    text.replace(text.rfind("api.example.test"), 3, "img");
+    EXPECT_EQ(error_of(text),
+              "cloister.toml:28:11: vhost[2].default: vhost[1] at cloister.toml:19:11 is "
+              "already the default; expected default = true in at most one [[vhost]]");
+}
+
+TEST(ConfigErrors, DuplicateServerNameInOtherCase) {
+    std::string text = with(kSecondVhost);
+    text.replace(text.find("api.example.test"), 16, "WWW.Example.Test");
+    EXPECT_EQ(error_of(text),
+              "cloister.toml:17:17: vhost[1].server-names[0]: duplicate server name "
+              "\"www.example.test\", first listed as vhost[0].server-names[0] at "
+              "cloister.toml:9:17; expected each name once across all vhosts (names are "
+              "case-insensitive)");
+}
+
+TEST(ConfigServerNames, LowercasedWithWildcard) {
+    std::string text(kMinimal);
+    text.replace(text.find("\"www.example.test\""), 18, R"("WWW.Example.TEST", "*.Example.test")");
+    const Config config = parse_config(text, "cloister.toml");
+
+    ASSERT_EQ(config.vhosts[0].server_names.size(), 2U);
+    EXPECT_EQ(config.vhosts[0].server_names[0], "www.example.test");
+    EXPECT_EQ(config.vhosts[0].server_names[1], "*.example.test");
+    EXPECT_EQ(config.vhosts[0].name, "www.example.test");
+    EXPECT_EQ(config.vhosts[0].server_name_locations.at(1).column, 37U);
+}
+
+std::string server_name_error(std::string_view name) {
+    std::string text(kMinimal);
+    text.replace(text.find("\"www.example.test\""), 18, "\"" + std::string(name) + "\"");
+    return error_of(text);
+}
+
+TEST(ConfigErrors, NonAsciiServerName) {
+    EXPECT_EQ(server_name_error("bücher.example.test"),
+              "cloister.toml:9:17: vhost[0].server-names[0]: \"bücher.example.test\" is not "
+              "ASCII; write each label in its A-label form (xn--...)");
+}
+
+TEST(ConfigErrors, IpLiteralServerName) {
+    const std::string tail =
+        " is an IP address, and SNI carries only DNS names (RFC 6066 "
+        "section 3); expected a DNS name such as \"www.example.test\" or a "
+        "wildcard such as \"*.example.test\"";
+    EXPECT_EQ(server_name_error("127.0.0.1"),
+              "cloister.toml:9:17: vhost[0].server-names[0]: \"127.0.0.1\"" + tail);
+    EXPECT_EQ(server_name_error("::1"),
+              "cloister.toml:9:17: vhost[0].server-names[0]: \"::1\"" + tail);
+    EXPECT_EQ(server_name_error("0x7f000001"),
+              "cloister.toml:9:17: vhost[0].server-names[0]: \"0x7f000001\"" + tail);
+}
+
+TEST(ConfigErrors, InvalidServerNames) {
+    const std::string tail =
+        " is not a valid server name; expected a DNS name such as "
+        "\"www.example.test\" or a wildcard such as \"*.example.test\", "
+        "with labels of 1 to 63 letters, digits and hyphens and at most "
+        "253 bytes in all";
+    const std::string long_label(64, 'a');
+    std::string long_name;
+    for (int i = 0; i < 4; ++i) {
+        long_name += std::string(63, 'b') + ".";
+    }
+    long_name += "test";  // 4 * 64 + 4 = 260 bytes
+    for (const std::string& name :
+         {std::string(""), std::string("-a.example.test"), std::string("a..example.test"),
+          std::string("*.*.example.test"), std::string("a*.example.test"), std::string("*"),
+          std::string("a_b.example.test"), std::string("www.example.test."), long_label + ".test",
+          long_name}) {
+        EXPECT_EQ(server_name_error(name),
+                  "cloister.toml:9:17: vhost[0].server-names[0]: \"" + name + "\"" + tail);
+    }
+}
+
+TEST(ConfigErrors, ServerNameNotString) {
+    std::string text(kMinimal);
+    text.replace(text.find("\"www.example.test\""), 18, "1");
+    EXPECT_EQ(error_of(text),
+              "cloister.toml:9:17: vhost[0].server-names[0]: expected a server name string, "
+              "got 1");
+}
+
+TEST(ConfigVhosts, NamelessVhostIsDefault) {
+    std::string text(kMinimal);
+    text.erase(text.find("server-names"), text.find("backend") - text.find("server-names"));
+    const Config config = parse_config(text, "cloister.toml");
+
+    EXPECT_TRUE(config.vhosts[0].server_names.empty());
+    EXPECT_EQ(config.vhosts[0].name, "vhost[0]");
+    EXPECT_TRUE(config.vhosts[0].is_default);
+}
+
+TEST(ConfigErrors, NamelessVhostNotDefault) {
+    std::string text = with(kSecondVhost);
+    text.replace(text.find("server-names = [\"api.example.test\"]"), 35, "server-names = []");
+    text.replace(text.find("default = true"), 14, "");
+    EXPECT_EQ(error_of(text),
+              "cloister.toml:17:16: vhost[1].server-names: missing or empty, but only the "
+              "default vhost (here vhost[0]) can serve clients whose SNI matches no name; "
+              "expected at least one server name");
+}
+
+TEST(ConfigErrors, TomlSyntax) {
+    EXPECT_EQ(error_of("[server\nlog-level = \"info\"\n"),
+              "cloister.toml:1:8: invalid TOML: Error while parsing table header: expected "
+              "']', saw '\\n'");
+    EXPECT_EQ(error_of(with("[[listener]]\naddress = \"a\"\naddress = \"b\"\n")),
+              "cloister.toml:17:11: invalid TOML: Error while parsing key-value pair: cannot "
+              "redefine existing string 'address'");
+}
+
+TEST(ConfigListeners, DuplicateAddress) {
+    EXPECT_EQ(error_of(with("[[listener]]\naddress = \"127.0.0.1:8443\"\n")),
+              "cloister.toml:16:11: listener[1].address: \"127.0.0.1:8443\" is the same "
+              "address as listener[0] at cloister.toml:2:11; expected distinct addresses");
+    EXPECT_EQ(error_of(with("[[listener]]\naddress = \"[::1]:9\"\n"
+                            "[[listener]]\naddress = \"[0:0::1]:9\"\n")),
+              "cloister.toml:18:11: listener[2].address: \"[0:0::1]:9\" is the same address "
+              "as listener[1] at cloister.toml:16:11; expected distinct addresses");
+}
+
+TEST(ConfigListeners, SamePortOnBothFamilies) {
+    const Config config = parse_config(with("[[listener]]\naddress = \"[::]:8443\"\n"
+                                            "[[listener]]\naddress = \"127.0.0.1:8444\"\n"
+                                            "[[listener]]\naddress = \"unix:/run/c.sock\"\n"),
+                                       "cloister.toml");
+    EXPECT_EQ(config.listeners.size(), 4U);
+}
+
+TEST(ConfigErrors, BackendAddress) {
+    std::string text(kMinimal);
+    text.replace(text.find("127.0.0.1:8080"), 14, "localhost");
+    EXPECT_EQ(error_of(text),
+              "cloister.toml:10:11: vhost[0].backend: invalid address \"localhost\": the port "
+              "is missing; expected \"IPV4:PORT\", \"[IPV6]:PORT\", \"HOSTNAME:PORT\" or "
+              "\"unix:/ABSOLUTE/PATH\"");
+}
+
+TEST(SocketAddressParse, AcceptedForms) {
+    const SocketAddress v4 = SocketAddress::parse("127.0.0.1:8443");
+    EXPECT_EQ(v4.kind, SocketAddress::Kind::tcp);
+    EXPECT_EQ(v4.host, "127.0.0.1");
+    EXPECT_EQ(v4.port, 8443);
+    EXPECT_EQ(v4.text, "127.0.0.1:8443");
+
+    const SocketAddress v6 = SocketAddress::parse("[::1]:1");
+    EXPECT_EQ(v6.host, "::1");
+    EXPECT_EQ(v6.port, 1);
+
+    const SocketAddress name = SocketAddress::parse("backend-1.internal:65535");
+    EXPECT_EQ(name.host, "backend-1.internal");
+    EXPECT_EQ(name.port, 65535);
+
+    const SocketAddress unix_socket = SocketAddress::parse("unix:/run/app.sock");
+    EXPECT_EQ(unix_socket.kind, SocketAddress::Kind::unix_socket);
+    EXPECT_EQ(unix_socket.path, "/run/app.sock");
+    EXPECT_EQ(unix_socket.port, 0);
+    EXPECT_TRUE(unix_socket.host.empty());
+
+    const std::string longest = "unix:/" + std::string(106, 'p');
+    EXPECT_EQ(SocketAddress::parse(longest).path.size(), 107U);
+}
+
+TEST(SocketAddressParse, RejectedForms) {
+    const std::string forms =
+        "; expected \"IPV4:PORT\", \"[IPV6]:PORT\", \"HOSTNAME:PORT\" or "
+        "\"unix:/ABSOLUTE/PATH\"";
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"127.0.0.1", "the port is missing"},
+        {"127.0.0.1:", "the port is missing"},
+        {"127.0.0.1:0", "port 0 is out of range 1 to 65535"},
+        {"127.0.0.1:65536", "port 65536 is out of range 1 to 65535"},
+        {"127.0.0.1:http", "the port \"http\" is not a number"},
+        {"127.0.0.1:+80", "the port \"+80\" is not a number"},
+        {"127.0.0.1:123456", "the port \"123456\" is not a number"},
+        {":8080", "the host is empty; write 0.0.0.0 or [::] for all addresses"},
+        {"::1:8080", "an IPv6 address needs brackets, as in [::1]:8443"},
+        {"[::1:8080", "the closing ']' is missing"},
+        {"[::1]8080", "the port is missing after ']'"},
+        {"[::1]", "the port is missing after ']'"},
+        {"[127.0.0.1]:80", "\"127.0.0.1\" is not an IPv6 address"},
+        {"[fe80::1%eth0]:80", "\"fe80::1%eth0\" is not an IPv6 address"},
+        {"256.0.0.1:80", "the host \"256.0.0.1\" is not an IPv4 address or a host name"},
+        {"bad_host:80", "the host \"bad_host\" is not an IPv4 address or a host name"},
+        {"unix:run/app.sock", "the socket path \"run/app.sock\" is not absolute"},
+        {"unix:", "the socket path \"\" is not absolute"},
+        {"unix:/" + std::string(107, 'p'),
+         "the socket path is 108 bytes long, and sun_path holds at most 107"},
+        {std::string("unix:/a\0b", 9), "the socket path contains a NUL byte"},
+    };
+    for (const auto& [text, problem] : cases) {
+        std::string escaped = text;
+        if (const auto nul = escaped.find('\0'); nul != std::string::npos) {
+            escaped.replace(nul, 1, "\\u0000");
+        }
+        EXPECT_EQ(address_error_of(text), "invalid address \"" + escaped + "\": " + problem + forms)
+            << text;
+    }
+}
+
+TEST(ConfigPaths, ResolveAgainstSourceDirectory) {
+    std::string text = with(
+        "[[key]]\nname = \"abs\"\nfile = \"/srv/keys/abs.key\"\n"
+        "passphrase-file = \"../secret/abs.pass\"\n");
+    const Config config = parse_config(text, "/etc/cloister/cloister.toml");
+
+    EXPECT_EQ(config.keys[0].file, std::filesystem::path("/etc/cloister/keys/rsa.key"));
+    EXPECT_EQ(config.keys[1].file, std::filesystem::path("/srv/keys/abs.key"));
+    EXPECT_EQ(config.keys[1].passphrase_file, std::filesystem::path("/etc/secret/abs.pass"));
+    EXPECT_EQ(config.vhosts[0].certificates[0].chain,
+              std::filesystem::path("/etc/cloister/certs/rsa.pem"));
+}
+
+TEST(ConfigPaths, RelativeSourceName) {
+    const std::filesystem::path cwd = std::filesystem::current_path();
+
+    const Config bare = parse_config(kMinimal, "cloister.toml");
+    EXPECT_EQ(bare.keys[0].file, (cwd / "keys/rsa.key").lexically_normal());
+    EXPECT_EQ(bare.source, (cwd / "cloister.toml").lexically_normal());
+
+    const Config nested = parse_config(kMinimal, "conf/cloister.toml");
+    EXPECT_EQ(nested.keys[0].file, (cwd / "conf/keys/rsa.key").lexically_normal());
+}
+
+TEST(ConfigLoad, ReadsFileAndResolvesPaths) {
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "cloister-config-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    const std::filesystem::path dir(pattern);
+    const std::filesystem::path file = dir / "cloister.toml";
+    {
+        std::ofstream out(file);
+        out << kMinimal;
+    }
+    const Config config = load_config(file);
+    std::filesystem::remove_all(dir);
+
+    EXPECT_EQ(config.source, file);
+    EXPECT_EQ(config.keys[0].file, dir / "keys/rsa.key");
+}
+
+TEST(ConfigLoad, ErrorsNameTheFile) {
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "cloister-config-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    const std::filesystem::path file = std::filesystem::path(pattern) / "bad.toml";
+    {
+        std::ofstream out(file);
+        out << with("[limits]\nspare-children = \"four\"\n");
+    }
+    std::string message;
+    try {
+        static_cast<void>(load_config(file));
+    } catch (const Error& error) {
+        message = error.what();
+    }
+    std::filesystem::remove_all(pattern);
+
+    EXPECT_EQ(message, file.string() +
+                           ":16:18: limits.spare-children: expected an integer from 0 to 1024, "
+                           "got \"four\"");
+}
+
+TEST(ConfigLoad, MissingFile) {
+    try {
+        static_cast<void>(load_config("/nonexistent/cloister.toml"));
+        ADD_FAILURE() << "load_config accepted a missing file";
+    } catch (const Error& error) {
+        EXPECT_EQ(error.kind(), ErrorKind::config);
+        EXPECT_STREQ(error.what(),
+                     "/nonexistent/cloister.toml: failed to open the config file: No such file "
+                     "or directory");
+    }
+}
+
+TEST(SourceLocationFormat, FileLineColumn) {
+    const SourceLocation where{"cloister.toml", 12, 19};
+    EXPECT_EQ(where.to_string(), "cloister.toml:12:19");
+}
+
+}  // namespace
+}  // namespace cloister
