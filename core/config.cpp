@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -19,6 +20,7 @@
 
 #include "core/fd.h"
 #include "core/vhost_table.h"
+#include "pkcs11/uri.h"
 
 namespace cloister {
 
@@ -541,7 +543,11 @@ std::vector<Section> Section::tables(std::string_view key,
     std::vector<Section> sections;
     for (std::size_t i = 0; i < array->size(); ++i) {
         const std::string path = fmt::format("{}[{}]", key_path(key), i);
-        sections.emplace_back(*context_, *array->get(i)->as_table(), path, "in " + path, keys);
+        const toml::table* table = array->get_as<toml::table>(i);
+        if (table == nullptr) {
+            fail_value(key, fmt::format("an array of tables ([[{}]])", key_path(key)));
+        }
+        sections.emplace_back(*context_, *table, path, "in " + path, keys);
     }
     return sections;
 }
@@ -554,17 +560,14 @@ constexpr std::array<Choice<TlsVersion>, 2> kTlsVersions{
     {{"1.2", TlsVersion::tls1_2}, {"1.3", TlsVersion::tls1_3}}};
 constexpr std::array<Choice<SniMismatch>, 2> kSniPolicies{
     {{"default", SniMismatch::use_default}, {"reject", SniMismatch::reject}}};
+constexpr std::array<Choice<AlpnMismatch>, 2> kAlpnPolicies{
+    {{"continue", AlpnMismatch::continue_without_alpn}, {"reject", AlpnMismatch::reject}}};
 
 ServerConfig read_server(const Section& section) {
     ServerConfig server;
-    const auto backend = section.text("tls-backend", R"("openssl")");
-    if (backend == "botan") {
-        // TODO: accept "botan" once backends/botan/ is built into the binary.
-        section.fail_key("tls-backend", R"("botan" is not available in this build; expected )"
-                                        R"("openssl", the only TLS stack it supports for now)");
-    }
-    if (backend && backend != "openssl") {
-        section.fail_value("tls-backend", R"("openssl")");
+    const auto backend = section.text("tls-backend", R"("openssl" or "botan")");
+    if (backend && backend != "openssl" && backend != "botan") {
+        section.fail_value("tls-backend", R"("openssl" or "botan")");
     }
     server.tls_backend = backend.value_or(server.tls_backend);
     server.log_level = section.choice("log-level", kLogLevels).value_or(server.log_level);
@@ -642,8 +645,11 @@ TlsConfig read_tls(const Section& section) {
                      .value_or(tls.groups);
     tls.prefer_server_ciphers =
         section.boolean("prefer-server-ciphers").value_or(tls.prefer_server_ciphers);
+    tls.rsa_key_exchange = section.boolean("rsa-key-exchange").value_or(tls.rsa_key_exchange);
     tls.unknown_sni = section.choice("unknown-sni", kSniPolicies).value_or(tls.unknown_sni);
     tls.missing_sni = section.choice("missing-sni", kSniPolicies).value_or(tls.missing_sni);
+    tls.alpn_mismatch =
+        section.choice("alpn-mismatch", kAlpnPolicies).value_or(tls.alpn_mismatch);
     return tls;
 }
 
@@ -689,11 +695,184 @@ KeyProcessConfig read_key_process(const Section& section) {
     key_process.workers = section.integer_or("workers", 0, 256, key_process.workers);
     key_process.max_operations_per_channel = section.integer_or(
         "max-operations-per-channel", 1, 64, key_process.max_operations_per_channel);
+    key_process.pkcs11_module = section.file("pkcs11-module");
     return key_process;
 }
 
-std::vector<KeyConfig> read_keys(const Section& top) {
-    const auto sections = top.tables("key", {"name", "file", "passphrase-file"});
+constexpr std::array<Choice<SeccompSetting>, 3> kSeccompSettings{
+    {{"enforce", SeccompSetting::enforce},
+     {"log", SeccompSetting::log},
+     {"off", SeccompSetting::off}}};
+
+// The portable user name characters of POSIX (letters, digits, '.', '_', '-'), not starting
+// with '-', and at most 32 bytes as useradd on Debian accepts.
+bool is_user_name(std::string_view name) {
+    const auto portable = [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '.' || c == '_' || c == '-';
+    };
+    return !name.empty() && name.size() <= 32 && name.front() != '-' &&
+           std::all_of(name.begin(), name.end(), portable);
+}
+
+std::string read_user_name(const Section& section, std::string_view key, std::string fallback) {
+    constexpr std::string_view expected =
+        "a user name of 1 to 32 letters, digits, '.', '_' or '-', not starting with '-'";
+    const auto name = section.text(key, expected);
+    if (name && !is_user_name(*name)) {
+        section.fail_value(key, expected);
+    }
+    return name.value_or(std::move(fallback));
+}
+
+SandboxConfig read_sandbox(const Section& section) {
+    SandboxConfig sandbox;
+    sandbox.where = section.where();
+    sandbox.network_user = read_user_name(section, "network-user", sandbox.network_user);
+    sandbox.key_user = read_user_name(section, "key-user", sandbox.key_user);
+    if (sandbox.network_user == sandbox.key_user) {
+        const std::string_view key =
+            section.find("key-user") != nullptr ? "key-user" : "network-user";
+        section.fail_key(key, fmt::format("network-user and key-user are both {}; expected two "
+                                          "different users, so that a connection process "
+                                          "cannot signal or ptrace the key process",
+                                          quote(sandbox.key_user)));
+    }
+    sandbox.root_directory = section.file("root-directory").value_or(sandbox.root_directory);
+    sandbox.seccomp = section.choice("seccomp", kSeccompSettings).value_or(sandbox.seccomp);
+    sandbox.namespaces = section.boolean("namespaces").value_or(sandbox.namespaces);
+    return sandbox;
+}
+
+// The text of the uri key. A PKCS#11 URI may contain a PIN, so no message repeats it.
+std::string read_uri_text(const Section& section) {
+    const toml::node* node = section.find("uri");
+    const auto* value = node->as_string();
+    if (value == nullptr) {
+        section.fail_value("uri", "a PKCS#11 URI string");
+    }
+    const std::string& text = value->get();
+    if (text.empty() || std::any_of(text.begin(), text.end(), is_control)) {
+        section.fail_key("uri", "expected a non-empty PKCS#11 URI without control characters");
+    }
+    return text;
+}
+
+// A path from inside the URI, made absolute like the paths of the config.
+std::filesystem::path resolve_path(const Section& section, const std::string& text) {
+    const std::filesystem::path path(text);
+    if (path.is_absolute()) {
+        return path.lexically_normal();
+    }
+    return (section.context().base_directory / path).lexically_normal();
+}
+
+// RFC 7512 section 2.4: pin-source is a URI; a "file:" URI or a bare path is what cloister
+// reads.
+std::filesystem::path pin_source_path(const Section& section, const std::string& source) {
+    std::string path = source;
+    if (path.starts_with("file://")) {
+        path.erase(0, 7);
+    } else if (path.starts_with("file:")) {
+        path.erase(0, 5);
+    }
+    if (path.empty() || path.find(':') != std::string::npos) {
+        section.fail_key("uri", "pin-source must be a file path or a file: URI");
+    }
+    return resolve_path(section, path);
+}
+
+std::filesystem::path read_module(const Section& section, const pkcs11::Uri& uri,
+                                  const KeyProcessConfig& key_process) {
+    if (uri.module_name) {
+        section.fail_key("uri", "module-name is not supported, because cloister loads modules "
+                                "by path; use module-path, or the module key");
+    }
+    const auto module = section.file("module");
+    if (module && uri.module_path && resolve_path(section, *uri.module_path) != *module) {
+        section.fail_key("module", "the URI's module-path names another module; expected one "
+                                   "module for the key");
+    }
+    if (module) {
+        return *module;
+    }
+    if (uri.module_path) {
+        return resolve_path(section, *uri.module_path);
+    }
+    if (!key_process.pkcs11_module) {
+        section.fail_missing("module", "the path of the PKCS#11 module (.so) that serves the "
+                                       "token, here or as [key-process] pkcs11-module");
+    }
+    return *key_process.pkcs11_module;
+}
+
+void read_pin_source(const Section& section, const pkcs11::Uri& uri, KeyConfig& key) {
+    key.pin_file = section.file("pin-file");
+    const int sources = (key.pin_file ? 1 : 0) + (uri.pin_source ? 1 : 0) + (uri.pin_value ? 1 : 0);
+    if (sources > 1) {
+        section.fail_key(key.pin_file ? "pin-file" : "uri",
+                         "the PIN is given more than once (pin-file, and pin-value or "
+                         "pin-source in the URI); expected exactly one");
+    }
+    if (sources == 0) {
+        section.fail_missing("pin-file", "a file with the token's user PIN (mode 0600), or "
+                                         "pin-value or pin-source in the URI query");
+    }
+    if (uri.pin_source) {
+        key.pin_file = pin_source_path(section, *uri.pin_source);
+    }
+}
+
+// Reads a key in a PKCS#11 token: `uri`, `module` (or [key-process] pkcs11-module) and
+// `pin-file` (or the URI's pin-source or pin-value).
+void read_token_key(const Section& section, KeyConfig& key,
+                    const KeyProcessConfig& key_process) {
+    if (section.find("passphrase-file") != nullptr) {
+        section.fail_key("passphrase-file", "applies only to a key file; a key with a uri "
+                                            "takes pin-file");
+    }
+    // NOTE: a pin-value in the URI stays in Config::keys, which every cloister process
+    // inherits; pin-file keeps the PIN in the key process alone.
+    key.uri = read_uri_text(section);
+    pkcs11::Uri uri;
+    try {
+        uri = pkcs11::parse_uri(key.uri);
+    } catch (const Error& error) {
+        section.fail_key("uri", error.what());
+    }
+    key.module = read_module(section, uri, key_process);
+    read_pin_source(section, uri, key);
+}
+
+// Reads where the key lives: `file` (with `passphrase-file`), or a token key (see
+// read_token_key).
+void read_key_source(const Section& section, KeyConfig& key,
+                     const KeyProcessConfig& key_process) {
+    const bool has_file = section.find("file") != nullptr;
+    if (has_file && section.find("uri") != nullptr) {
+        section.fail_key("uri", "file and uri are both set; expected file for a key file or "
+                                "uri for a key in a PKCS#11 token");
+    }
+    if (!has_file && section.find("uri") != nullptr) {
+        read_token_key(section, key, key_process);
+        return;
+    }
+    for (const std::string_view token_key : {"module", "pin-file"}) {
+        if (section.find(token_key) != nullptr) {
+            section.fail_key(token_key, "applies only to a key with a uri");
+        }
+    }
+    auto file = section.file("file");
+    if (!file) {
+        section.fail_missing("file", "the path of a PEM or PKCS#8 private key file, or a uri "
+                                     "of a key in a PKCS#11 token");
+    }
+    key.file = std::move(*file);
+    key.passphrase_file = section.file("passphrase-file");
+}
+
+std::vector<KeyConfig> read_keys(const Section& top, const KeyProcessConfig& key_process) {
+    const auto sections = top.tables(
+        "key", {"name", "file", "passphrase-file", "uri", "module", "pin-file"});
     if (sections.empty()) {
         top.fail_missing("key", R"(at least one [[key]] with a name and a file)");
     }
@@ -708,12 +887,7 @@ std::vector<KeyConfig> read_keys(const Section& top) {
                                                      quote(key.name), other.where.to_string()));
             }
         }
-        auto file = section.file("file");
-        if (!file) {
-            section.fail_missing("file", "the path of a PEM or PKCS#8 private key file");
-        }
-        key.file = std::move(*file);
-        key.passphrase_file = section.file("passphrase-file");
+        read_key_source(section, key, key_process);
         key.where = section.where();
         keys.push_back(std::move(key));
     }
@@ -769,6 +943,35 @@ void read_server_names(const Section& section, VhostConfig& vhost) {
     }
 }
 
+// RFC 7301 section 3.1: a ProtocolName is 1 to 255 bytes.
+constexpr std::size_t kMaxAlpnNameLength = 255;
+
+void read_alpn(const Section& section, VhostConfig& vhost) {
+    const toml::array* names = section.array("alpn");
+    if (names == nullptr) {
+        return;
+    }
+    for (std::size_t i = 0; i < names->size(); ++i) {
+        const toml::node& node = *names->get(i);
+        const SourceLocation where = section.context().locate(node.source());
+        const std::string path = fmt::format("{}[{}]", section.key_path("alpn"), i);
+        const std::string_view expected =
+            R"(a protocol name of 1 to 255 bytes such as "h2" or "http/1.1")";
+        if (!node.is_string()) {
+            fail(where, fmt::format("{}: expected {}, got {}", path, expected, describe(node)));
+        }
+        const std::string& name = node.as_string()->get();
+        if (name.empty() || name.size() > kMaxAlpnNameLength) {
+            fail(where, fmt::format("{}: expected {}, got {} bytes", path, expected, name.size()));
+        }
+        if (std::find(vhost.alpn.begin(), vhost.alpn.end(), name) != vhost.alpn.end()) {
+            fail(where, fmt::format("{}: {} is listed twice; expected each protocol once", path,
+                                    quote(name)));
+        }
+        vhost.alpn.push_back(name);
+    }
+}
+
 VhostConfig read_vhost(const Section& section, std::size_t index,
                        const std::vector<KeyConfig>& keys) {
     VhostConfig vhost;
@@ -782,6 +985,7 @@ VhostConfig read_vhost(const Section& section, std::size_t index,
         section.fail_missing("backend", fmt::format("an address of the form {}", kAddressForms));
     }
     vhost.backend = std::move(*backend);
+    read_alpn(section, vhost);
     const auto certificates = section.tables("certificate", {"chain", "key"});
     if (certificates.empty()) {
         section.fail_missing("certificate",
@@ -825,7 +1029,7 @@ void resolve_default(const std::vector<Section>& sections, std::vector<VhostConf
 
 std::vector<VhostConfig> read_vhosts(const Section& top, const std::vector<KeyConfig>& keys) {
     const auto sections =
-        top.tables("vhost", {"server-names", "default", "backend", "certificate"});
+        top.tables("vhost", {"server-names", "default", "backend", "alpn", "certificate"});
     if (sections.empty()) {
         top.fail_missing("vhost", R"(at least one [[vhost]] with a backend and a certificate)");
     }
@@ -837,28 +1041,55 @@ std::vector<VhostConfig> read_vhosts(const Section& top, const std::vector<KeyCo
     return vhosts;
 }
 
+// Botan 2.19 speaks TLS 1.2 only. With tls-backend = "botan", a version range that needs
+// TLS 1.3 fails, and a range without a written max-version ends at TLS 1.2.
+void fit_versions_to_backend(const std::optional<Section>& tls, Config& config) {
+    if (config.server.tls_backend != "botan") {
+        return;
+    }
+    constexpr std::string_view problem =
+        R"("1.3" needs TLS 1.3, and tls-backend "botan" (Botan 2.19) speaks TLS 1.2 only; )"
+        R"(expected "1.2", or tls-backend = "openssl" for TLS 1.3)";
+    if (tls && config.tls.min_version == TlsVersion::tls1_3) {
+        tls->fail_key("min-version", problem);
+    }
+    if (!tls || tls->find("max-version") == nullptr) {
+        config.tls.max_version = TlsVersion::tls1_2;
+    } else if (config.tls.max_version == TlsVersion::tls1_3) {
+        tls->fail_key("max-version", problem);
+    }
+}
+
 Config read_config(const Section& top) {
     Config config;
     if (const auto section = top.table("server", {"tls-backend", "log-level"})) {
         config.server = read_server(*section);
     }
     config.listeners = read_listeners(top);
-    if (const auto section =
-            top.table("tls", {"min-version", "max-version", "ciphersuites", "ciphers", "groups",
-                              "prefer-server-ciphers", "unknown-sni", "missing-sni"})) {
-        config.tls = read_tls(*section);
+    const auto tls =
+        top.table("tls", {"min-version", "max-version", "ciphersuites", "ciphers", "groups",
+                          "prefer-server-ciphers", "unknown-sni", "missing-sni",
+                          "rsa-key-exchange", "alpn-mismatch"});
+    if (tls) {
+        config.tls = read_tls(*tls);
     }
+    fit_versions_to_backend(tls, config);
     if (const auto section =
             top.table("limits", {"spare-children", "max-connections", "handshake-timeout",
                                  "idle-timeout", "drain-timeout", "backend-connect-timeout",
                                  "key-operation-timeout", "buffer-size"})) {
         config.limits = read_limits(*section);
     }
-    if (const auto section = top.table("key-process", {"workers", "max-operations-per-channel"})) {
+    if (const auto section = top.table("key-process", {"workers", "max-operations-per-channel",
+                                                      "pkcs11-module"})) {
         config.key_process = read_key_process(*section);
     }
-    config.keys = read_keys(top);
+    config.keys = read_keys(top, config.key_process);
     config.vhosts = read_vhosts(top, config.keys);
+    if (const auto section = top.table("sandbox", {"network-user", "key-user", "root-directory",
+                                                   "seccomp", "namespaces"})) {
+        config.sandbox = read_sandbox(*section);
+    }
     return config;
 }
 
@@ -925,7 +1156,8 @@ Config parse_config(std::string_view text, const std::string& source) {
     const Context context = make_context(source);
     const toml::table root = parse_toml(text, source);
     const Section top(context, root, "", "at the top level",
-                      {"server", "listener", "tls", "limits", "key-process", "key", "vhost"});
+                      {"server", "listener", "tls", "limits", "key-process", "key", "vhost",
+                       "sandbox"});
     Config config = read_config(top);
     config.source = source.empty() ? std::filesystem::path() : absolute_path(source, source);
     // The table rejects a server name listed twice; building it here makes --check-config

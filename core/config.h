@@ -55,14 +55,25 @@ enum class SniMismatch {
     reject,       // the handshake fails with alert unrecognized_name (112)
 };
 
+// What a client gets when it offers ALPN protocols and its vhost lists `alpn`, but the two
+// lists share no protocol.
+enum class AlpnMismatch {
+    continue_without_alpn,  // the handshake goes on and no protocol is agreed
+    reject,  // the handshake fails with alert no_application_protocol (120, RFC 7301 section 3.2)
+};
+
 struct TlsConfig {
     TlsVersion min_version = TlsVersion::tls1_2;
     TlsVersion max_version = TlsVersion::tls1_3;
     // TLS 1.3 suites, OpenSSL syntax ("TLS_AES_128_GCM_SHA256:...").
     std::string ciphersuites =
         "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256";
-    // TLS 1.2 cipher list, OpenSSL syntax. RSA key exchange is always removed.
+    // TLS 1.2 cipher list, OpenSSL syntax. RSA key exchange is removed unless
+    // rsa_key_exchange is set.
     std::string ciphers = "ECDHE+AESGCM:ECDHE+CHACHA20";
+    // Keeps the TLS 1.2 RSA key exchange suites that `ciphers` lists. They lack forward
+    // secrecy, and the key process then decrypts premaster secrets (with implicit rejection).
+    bool rsa_key_exchange = false;
     // Key exchange groups, OpenSSL syntax.
     std::string groups = "X25519:P-256:P-384";
     bool prefer_server_ciphers = true;
@@ -70,6 +81,8 @@ struct TlsConfig {
     SniMismatch unknown_sni = SniMismatch::use_default;
     // Clients that send no SNI at all.
     SniMismatch missing_sni = SniMismatch::use_default;
+    // Clients whose ALPN protocols share none with their vhost's `alpn` list.
+    AlpnMismatch alpn_mismatch = AlpnMismatch::continue_without_alpn;
 };
 
 struct LimitsConfig {
@@ -87,15 +100,26 @@ struct KeyProcessConfig {
     unsigned workers = 0;  // 0: one per online CPU
     // Private-key operations one connection process may request on its channel.
     unsigned max_operations_per_channel = 1;
+    // The PKCS#11 module for [[key]] tables with a uri that name none (`pkcs11-module`).
+    std::optional<std::filesystem::path> pkcs11_module;
 };
 
 // A private key held by the key process. Index in Config::keys is the key index on the
 // key channel.
 struct KeyConfig {
     std::string name;
-    std::filesystem::path file;                            // PEM or PKCS#8
+    std::filesystem::path file;                            // PEM or PKCS#8; empty with uri
     std::optional<std::filesystem::path> passphrase_file;  // for encrypted PKCS#8
+    // A key in a PKCS#11 token instead of a file: the RFC 7512 URI as written, which may hold
+    // a pin-value in its query. The loader validates it with pkcs11::parse_uri.
+    std::string uri;
+    std::filesystem::path module;  // the PKCS#11 module for uri; empty without uri
+    // The token's PIN file for uri: `pin-file`, or the URI's pin-source. Empty when the URI
+    // holds a pin-value. The key process reads it; the loader does not open it.
+    std::optional<std::filesystem::path> pin_file;
     SourceLocation where;
+
+    [[nodiscard]] bool in_token() const { return !uri.empty(); }
 };
 
 struct CertificateConfig {
@@ -116,6 +140,9 @@ struct VhostConfig {
     bool is_default = false;
     bool default_explicit = false;  // `default = true` was written in the config
     std::vector<CertificateConfig> certificates;
+    // ALPN protocol names (RFC 7301), 1 to 255 bytes each, in the server's order of
+    // preference. Empty: the server agrees on no protocol and ignores the client's list.
+    std::vector<std::string> alpn;
     SocketAddress backend;
     SourceLocation where;
 };
@@ -123,8 +150,28 @@ struct VhostConfig {
 enum class LogLevel { debug, info, warning, error };
 
 struct ServerConfig {
-    std::string tls_backend = "openssl";
+    std::string tls_backend = "openssl";  // "openssl" or "botan"
     LogLevel log_level = LogLevel::info;
+};
+
+// What a seccomp filter does with a system call outside its allow-list.
+enum class SeccompSetting {
+    enforce,  // the process dies with SIGSYS
+    log,      // the call is allowed, and the kernel logs it (audit record type 1326)
+    off,      // no filter is installed
+};
+
+// [sandbox]: how the key process and the connection processes are confined. The users and
+// the chroot apply only when the daemon starts as root; docs/sandboxing.md lists every layer.
+struct SandboxConfig {
+    std::string network_user = "cloister-net";  // runs the connection processes
+    std::string key_user = "cloister-key";      // runs the key process
+    // An empty directory owned by root that neither user can write; created at start when
+    // missing.
+    std::filesystem::path root_directory = "/var/lib/cloister/empty";
+    SeccompSetting seccomp = SeccompSetting::enforce;
+    bool namespaces = true;  // new PID and IPC namespaces, and a network one for memory keys
+    SourceLocation where;    // the [sandbox] table, for errors found at start
 };
 
 struct Config {
@@ -136,6 +183,7 @@ struct Config {
     KeyProcessConfig key_process;
     std::vector<KeyConfig> keys;
     std::vector<VhostConfig> vhosts;
+    SandboxConfig sandbox;
 };
 
 // Loads and validates the config at path. Throws Error(config) whose message starts with

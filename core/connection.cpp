@@ -21,6 +21,8 @@
 #include "core/log.h"
 #include "core/process_title.h"
 #include "core/proxy.h"
+#include "core/sandbox_sigsys.h"
+#include "core/sandbox_spawn.h"
 
 namespace cloister {
 namespace {
@@ -185,10 +187,22 @@ void send_status(int status_fd, StatusMessage message) {
     }
 }
 
+// Confines the process with setup's plan. Everything it reads from the file system (the TLS
+// stack's certificates, the logger, the time zone) was loaded before.
+void confine_connection_process(const ConnectionSetup& setup, std::uint64_t connection_id) {
+    if (setup.pid_namespace) {
+        exit_on_stop_signals();
+    }
+    if (setup.sandbox) {
+        set_sigsys_report_label(fmt::format("connection {}", connection_id));
+        apply_sandbox(*setup.sandbox);
+    }
+}
+
 // Applies the child set-up steps in order and keeps only the descriptors this process
 // needs: stderr, the listeners, the key channel and the status socket.
 void prepare_connection_process(const Config& config, TlsStack& stack,
-                                const ConnectionChannels& channels) {
+                                const ConnectionChannels& channels, const ConnectionSetup& setup) {
     reset_signals_after_fork();
     set_process_title("connection (spare)");
     init_logging("connection", config.server.log_level);
@@ -198,10 +212,16 @@ void prepare_connection_process(const Config& config, TlsStack& stack,
         keep.push_back(listener.fd.get());
     }
     close_descriptors_except(std::move(keep));
+    confine_connection_process(setup, channels.connection_id);
 }
 
-int connection_process_main(const Config& config, TlsStack& stack, ConnectionChannels channels) {
-    prepare_connection_process(config, stack, channels);
+ConnectionSummary serve_client(const Config& config, TlsStack& stack, int client_fd,
+                               std::string peer, std::uint64_t connection_id,
+                               const ConnectionSetup& setup);
+
+int connection_process_main(const Config& config, TlsStack& stack, ConnectionChannels channels,
+                            const ConnectionSetup& setup) {
+    prepare_connection_process(config, stack, channels, setup);
     std::optional<AcceptedClient> client =
         wait_for_client(channels.listeners, channels.status.get());
     if (!client) {
@@ -216,7 +236,7 @@ int connection_process_main(const Config& config, TlsStack& stack, ConnectionCha
     KeyClient key_client(std::move(channels.key_channel), config.limits.key_operation_timeout);
     stack.use_key_client(key_client);
     const ConnectionSummary summary =
-        serve_connection(config, stack, client->fd.get(), client->peer, channels.connection_id);
+        serve_client(config, stack, client->fd.get(), client->peer, channels.connection_id, setup);
     spdlog::info("{}", format_summary(summary));
     return 0;
 }
@@ -261,12 +281,16 @@ std::string describe_handshake_failure(const IoResult& result) {
 
 class Connection {
   public:
+    // backends: the resolved backend addresses by vhost index, or nullptr to resolve the
+    // vhost's backend when connecting.
     Connection(const Config& config, TlsStack& stack, int client_fd, std::string peer,
-               std::uint64_t connection_id)
+               std::uint64_t connection_id,
+               const std::vector<std::vector<ResolvedAddress>>* backends = nullptr)
         : config_(config),
           stack_(stack),
           client_fd_(client_fd),
           connection_id_(connection_id),
+          backends_(backends),
           started_(Clock::now()) {
         summary_.peer = std::move(peer);
     }
@@ -337,7 +361,7 @@ class Connection {
         const SocketAddress& backend = config_.vhosts.at(vhost_index_).backend;
         Fd backend_fd;
         try {
-            backend_fd = connect_backend(backend, config_.limits.backend_connect_timeout);
+            backend_fd = connect_to_backend();
         } catch (const Error& error) {
             spdlog::warn("backend {} unreachable: {}", backend.text, error.what());
             send_close_notify();
@@ -350,6 +374,14 @@ class Connection {
         summary_.bytes_in = result.bytes_in;
         summary_.bytes_out = result.bytes_out;
         record_proxy_end(result);
+    }
+
+    Fd connect_to_backend() {
+        const milliseconds timeout = config_.limits.backend_connect_timeout;
+        if (backends_ == nullptr) {
+            return connect_backend(config_.vhosts.at(vhost_index_).backend, timeout);
+        }
+        return connect_backend(backends_->at(vhost_index_), timeout);
     }
 
     void record_proxy_end(const ProxyResult& result) {
@@ -396,6 +428,7 @@ class Connection {
     TlsStack& stack_;
     int client_fd_;
     std::uint64_t connection_id_;
+    const std::vector<std::vector<ResolvedAddress>>* backends_;
     Clock::time_point started_;
     std::unique_ptr<TlsSession> session_;
     std::size_t vhost_index_ = 0;
@@ -430,6 +463,14 @@ Fd connect_one(const ResolvedAddress& address, Clock::time_point deadline, milli
     return fd;
 }
 
+ConnectionSummary serve_client(const Config& config, TlsStack& stack, int client_fd,
+                               std::string peer, std::uint64_t connection_id,
+                               const ConnectionSetup& setup) {
+    Connection connection(config, stack, client_fd, std::move(peer), connection_id,
+                          setup.backends.empty() ? nullptr : &setup.backends);
+    return connection.run();
+}
+
 std::vector<ResolvedAddress> resolve_backend(const SocketAddress& address) {
     try {
         return resolve_address(address, false);
@@ -443,9 +484,15 @@ std::vector<ResolvedAddress> resolve_backend(const SocketAddress& address) {
 
 [[noreturn]] void run_connection_process(const Config& config, TlsStack& stack,
                                          ConnectionChannels channels) noexcept {
+    run_connection_process(config, stack, std::move(channels), ConnectionSetup{});
+}
+
+[[noreturn]] void run_connection_process(const Config& config, TlsStack& stack,
+                                         ConnectionChannels channels,
+                                         const ConnectionSetup& setup) noexcept {
     int status = 1;
     try {
-        status = connection_process_main(config, stack, std::move(channels));
+        status = connection_process_main(config, stack, std::move(channels), setup);
     } catch (const Error& error) {
         spdlog::error("connection process failed ({} error): {}", to_string(error.kind()),
                       error.what());
@@ -498,9 +545,13 @@ ConnectionSummary serve_connection(const Config& config, TlsStack& stack, int cl
 }
 
 Fd connect_backend(const SocketAddress& address, milliseconds timeout) {
+    return connect_backend(resolve_backend(address), timeout);
+}
+
+Fd connect_backend(const std::vector<ResolvedAddress>& addresses, milliseconds timeout) {
     const auto deadline = Clock::now() + timeout;
-    std::string last_error = "no address";
-    for (const ResolvedAddress& resolved : resolve_backend(address)) {
+    std::string last_error = "no address: the name did not resolve when cloister started";
+    for (const ResolvedAddress& resolved : addresses) {
         try {
             Fd fd = connect_one(resolved, deadline, timeout);
             set_no_delay(fd.get());
@@ -513,6 +564,30 @@ Fd connect_backend(const SocketAddress& address, milliseconds timeout) {
         }
     }
     throw Error(ErrorKind::io, last_error);
+}
+
+std::vector<std::vector<ResolvedAddress>> resolve_backends(const Config& config) {
+    std::vector<std::vector<ResolvedAddress>> backends;
+    for (const VhostConfig& vhost : config.vhosts) {
+        std::vector<ResolvedAddress> addresses;
+        try {
+            addresses = resolve_address(vhost.backend, false);
+        } catch (const Error& error) {
+            // NOTE: names resolve once, at start, so only a restart picks up changed records.
+            spdlog::warn("vhost {}: backend {} did not resolve, so its connections fail: {}",
+                         vhost.name, vhost.backend.text, error.what());
+        }
+        std::vector<std::string> texts;
+        for (const ResolvedAddress& address : addresses) {
+            texts.push_back(format_address(address.get(), address.length));
+        }
+        if (!addresses.empty()) {
+            spdlog::info("vhost {}: backend {} at {}", vhost.name, vhost.backend.text,
+                         fmt::join(texts, ", "));
+        }
+        backends.push_back(std::move(addresses));
+    }
+    return backends;
 }
 
 }  // namespace cloister

@@ -4,12 +4,14 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "core/config.h"
 #include "core/fd.h"
 #include "core/listener.h"
+#include "core/sandbox.h"
 #include "core/tls_stack.h"
 
 namespace cloister {
@@ -28,12 +30,28 @@ struct ConnectionChannels {
     std::uint64_t connection_id = 0;
 };
 
+// What the supervisor prepares once, at start, for every connection process.
+struct ConnectionSetup {
+    // The addresses of each vhost's backend, in the order of Config::vhosts, resolved by the
+    // supervisor: a sandboxed process can neither read /etc/hosts nor open a DNS socket. An
+    // empty list makes every connection to that vhost fail as backend_unreachable.
+    std::vector<std::vector<ResolvedAddress>> backends;
+    std::optional<SandboxPlan> sandbox;  // unset: the process is not confined
+    bool pid_namespace = false;          // the process is PID 1 of its own PID namespace
+};
+
 // Runs a connection process from just after fork() to its exit. The process waits on the
 // listeners and the status socket, accepts one client, serves it and exits with status 0;
 // it exits with status 0 at once when the status socket becomes readable before a client
 // arrives. Any error ends the process with status 1 after one log line. Never returns.
 [[noreturn]] void run_connection_process(const Config& config, TlsStack& stack,
                                          ConnectionChannels channels) noexcept;
+
+// Same as above, and before waiting for a client the process confines itself with
+// setup.sandbox and connects to backends only at the addresses in setup.backends.
+[[noreturn]] void run_connection_process(const Config& config, TlsStack& stack,
+                                         ConnectionChannels channels,
+                                         const ConnectionSetup& setup) noexcept;
 
 enum class ConnectionResult {
     ok,
@@ -77,5 +95,13 @@ ConnectionSummary serve_connection(const Config& config, TlsStack& stack, int cl
 // to) and returns the connected, non-blocking socket. Throws Error(io) or Error(timeout)
 // with the reason.
 Fd connect_backend(const SocketAddress& address, std::chrono::milliseconds timeout);
+
+// Same as above with the addresses already resolved, tried in order.
+Fd connect_backend(const std::vector<ResolvedAddress>& addresses,
+                   std::chrono::milliseconds timeout);
+
+// Resolves the backend of every vhost, in the order of config.vhosts, and logs the addresses.
+// A backend that does not resolve gets an empty list and a warning.
+std::vector<std::vector<ResolvedAddress>> resolve_backends(const Config& config);
 
 }  // namespace cloister

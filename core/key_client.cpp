@@ -103,6 +103,12 @@ std::string describe(const keyproto::Request& request) {
     if (request.type == keyproto::MessageType::public_key) {
         return fmt::format("public_key request for key {}", request.key_index);
     }
+    if (request.type == keyproto::MessageType::decrypt) {
+        return fmt::format("decrypt request for key {}", request.key_index);
+    }
+    if (request.type == keyproto::MessageType::key_info) {
+        return fmt::format("key_info request for key {}", request.key_index);
+    }
     const auto name = keyproto::scheme_name(request.scheme);
     return fmt::format("sign request for key {} with {}", request.key_index,
                        name ? *name : fmt::format("0x{:04x}", request.scheme));
@@ -164,6 +170,36 @@ std::vector<std::uint8_t> KeyClient::public_key(std::uint32_t key_index) {
         throw Error(ErrorKind::protocol, "key process returned an empty public key");
     }
     return std::move(response.payload);
+}
+
+std::vector<std::uint8_t> KeyClient::decrypt(std::uint32_t key_index, std::uint16_t client_version,
+                                             std::span<const std::uint8_t> ciphertext) {
+    keyproto::Request request;
+    request.type = keyproto::MessageType::decrypt;
+    request.key_index = key_index;
+    request.payload = keyproto::encode_decrypt_payload({client_version, ciphertext});
+    keyproto::Response response = round_trip(std::move(request));
+    if (response.payload.size() != keyproto::premaster_secret_size) {
+        throw Error(ErrorKind::protocol,
+                    fmt::format("key process returned a {}-byte premaster secret (expected {})",
+                                response.payload.size(), keyproto::premaster_secret_size));
+    }
+    return std::move(response.payload);
+}
+
+std::vector<std::uint16_t> KeyClient::key_schemes(std::uint32_t key_index) {
+    keyproto::Request request;
+    request.type = keyproto::MessageType::key_info;
+    request.key_index = key_index;
+    const keyproto::Response response = round_trip(std::move(request));
+    keyproto::Decoded<std::vector<std::uint16_t>> schemes =
+        keyproto::decode_key_info(response.payload);
+    if (!schemes) {
+        throw Error(ErrorKind::protocol,
+                    fmt::format("invalid key_info response for key {}: {}", key_index,
+                                schemes.error));
+    }
+    return std::move(*schemes.value);
 }
 
 keyproto::Response KeyClient::round_trip(keyproto::Request request) {

@@ -26,6 +26,18 @@ public:
     // Returns the DER SubjectPublicKeyInfo of key_index.
     std::vector<std::uint8_t> public_key(std::uint32_t key_index);
 
+    // Decrypts the RSA-encrypted premaster secret of a TLS 1.2 ClientKeyExchange with
+    // key_index and returns 48 bytes: the premaster secret, or random bytes when the
+    // ciphertext is invalid (implicit rejection). Throws like sign.
+    std::vector<std::uint8_t> decrypt(std::uint32_t key_index, std::uint16_t client_version,
+                                      std::span<const std::uint8_t> ciphertext);
+
+    // Returns the SignatureScheme code points that the key process signs with key_index (the
+    // key_info request). A key in a PKCS#11 token may serve fewer schemes than its key type
+    // allows, so a TLS stack offers a vhost only these. Throws like sign, and
+    // Error(protocol) for an invalid list.
+    std::vector<std::uint16_t> key_schemes(std::uint32_t key_index);
+
     // Number of requests sent on this channel.
     [[nodiscard]] std::uint32_t requests_sent() const { return next_request_id_ - 1; }
 

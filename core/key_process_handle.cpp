@@ -17,6 +17,7 @@
 #include "core/key_protocol.h"
 #include "core/log.h"
 #include "core/process_title.h"
+#include "core/sandbox_spawn.h"
 
 namespace cloister {
 namespace {
@@ -78,11 +79,13 @@ void send_attach(int control_fd, const Fd& channel, std::uint64_t connection_id,
 }
 
 KeyProcess start_key_process(const Config& config, const SupervisorHooks& hooks) {
+    return start_key_process(config, hooks, false);
+}
+
+KeyProcess start_key_process(const Config& config, const SupervisorHooks& hooks,
+                             bool pid_namespace) {
     auto [supervisor_end, key_end] = make_seqpacket_pair();
-    const pid_t pid = fork();
-    if (pid < 0) {
-        throw_system_error("fork of the key process failed");
-    }
+    const pid_t pid = fork_child(pid_namespace);
     if (pid == 0) {
         run_key_child(config, hooks, std::move(key_end));
     }

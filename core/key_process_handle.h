@@ -28,6 +28,11 @@ struct KeyProcess {
 // hooks.key_process_main.
 KeyProcess start_key_process(const Config& config, const SupervisorHooks& hooks);
 
+// Same as above; with pid_namespace the key process is PID 1 of a new PID namespace
+// (fork_child in core/sandbox_spawn.h).
+KeyProcess start_key_process(const Config& config, const SupervisorHooks& hooks,
+                             bool pid_namespace);
+
 // Closes the control channel, so that the key process exits, and reaps it. A key process
 // that still runs after 5 s is killed with SIGKILL.
 void stop_key_process(KeyProcess& key) noexcept;

@@ -98,7 +98,9 @@ constexpr std::array<SchemeEntry, 13> scheme_names{{
 
 bool is_request_type(std::uint8_t type) {
     return type == static_cast<std::uint8_t>(MessageType::sign) ||
-           type == static_cast<std::uint8_t>(MessageType::public_key);
+           type == static_cast<std::uint8_t>(MessageType::public_key) ||
+           type == static_cast<std::uint8_t>(MessageType::decrypt) ||
+           type == static_cast<std::uint8_t>(MessageType::key_info);
 }
 
 bool is_status(std::uint16_t status) {
@@ -165,8 +167,33 @@ RequestHeader read_request_header(ByteReader& reader) {
     return header;
 }
 
-// Returns the reason a sign or public_key header breaks its type's rules, or an empty string.
-std::string check_request_fields(const RequestHeader& header) {
+// Returns the reason a decrypt request breaks its rules, or an empty string. The payload
+// length is already known to match the datagram.
+std::string check_decrypt_fields(const RequestHeader& header,
+                                 std::span<const std::uint8_t> payload) {
+    if (header.scheme != 0) {
+        return fmt::format("decrypt request with non-zero scheme 0x{:04x}", header.scheme);
+    }
+    const std::size_t ciphertext_size =
+        payload.size() < decrypt_version_size ? 0 : payload.size() - decrypt_version_size;
+    if (ciphertext_size == 0 || ciphertext_size > max_decrypt_ciphertext) {
+        return fmt::format("decrypt request with a {}-byte payload (expected {} to {})",
+                           payload.size(), decrypt_version_size + 1,
+                           decrypt_version_size + max_decrypt_ciphertext);
+    }
+    // RFC 5246 appendix E: every SSL 3.0 and TLS 1.x ProtocolVersion has major version 3.
+    const std::uint16_t client_version = parse_decrypt_payload(payload).client_version;
+    if ((client_version >> 8U) != 3) {
+        return fmt::format("decrypt request with client_version 0x{:04x} (expected 0x03xx)",
+                           client_version);
+    }
+    return {};
+}
+
+// Returns the reason a request header and its payload break its type's rules, or an empty
+// string.
+std::string check_request_fields(const RequestHeader& header,
+                                 std::span<const std::uint8_t> payload) {
     if (header.type == static_cast<std::uint8_t>(MessageType::sign)) {
         if (!scheme_name(header.scheme)) {
             return fmt::format("sign request with unknown signature scheme 0x{:04x}",
@@ -174,27 +201,33 @@ std::string check_request_fields(const RequestHeader& header) {
         }
         return {};
     }
+    if (header.type == static_cast<std::uint8_t>(MessageType::decrypt)) {
+        return check_decrypt_fields(header, payload);
+    }
+    // public_key and key_info carry only the key index.
+    const char* name = to_string(static_cast<MessageType>(header.type));
     if (header.scheme != 0) {
-        return fmt::format("public_key request with non-zero scheme 0x{:04x}", header.scheme);
+        return fmt::format("{} request with non-zero scheme 0x{:04x}", name, header.scheme);
     }
     if (header.payload_length != 0) {
-        return fmt::format("public_key request with a {}-byte payload (expected none)",
+        return fmt::format("{} request with a {}-byte payload (expected none)", name,
                            header.payload_length);
     }
     return {};
 }
 
-std::string check_request_header(const RequestHeader& header, std::size_t datagram_size) {
+std::string check_request_header(const RequestHeader& header,
+                                 std::span<const std::uint8_t> datagram) {
     std::string reason = check_version(header.version);
     if (reason.empty()) {
         reason = check_type(header.type);
     }
     if (reason.empty()) {
-        reason = check_length(datagram_size, request_header_size, header.payload_length,
+        reason = check_length(datagram.size(), request_header_size, header.payload_length,
                               max_request_payload);
     }
     if (reason.empty()) {
-        reason = check_request_fields(header);
+        reason = check_request_fields(header, datagram.subspan(request_header_size));
     }
     return reason;
 }
@@ -279,6 +312,10 @@ const char* to_string(MessageType type) noexcept {
             return "sign";
         case MessageType::public_key:
             return "public_key";
+        case MessageType::decrypt:
+            return "decrypt";
+        case MessageType::key_info:
+            return "key_info";
         case MessageType::attach:
             return "attach";
     }
@@ -323,6 +360,60 @@ std::array<std::uint8_t, attach_size> encode(const Attach& attach) {
     return out;
 }
 
+std::vector<std::uint8_t> encode_decrypt_payload(const DecryptInput& input) {
+    ByteWriter writer(decrypt_version_size + input.ciphertext.size());
+    writer.u16(input.client_version);
+    writer.bytes(input.ciphertext);
+    return writer.take();
+}
+
+DecryptInput parse_decrypt_payload(std::span<const std::uint8_t> payload) {
+    ByteReader reader(payload);
+    DecryptInput input;
+    input.client_version = reader.u16();
+    input.ciphertext = reader.bytes(payload.size() - decrypt_version_size);
+    return input;
+}
+
+std::vector<std::uint8_t> encode_key_info(std::span<const std::uint16_t> schemes) {
+    if (schemes.size() > max_key_info_schemes) {
+        throw Error(ErrorKind::protocol,
+                    fmt::format("key_info with {} schemes exceeds the maximum of {}",
+                                schemes.size(), max_key_info_schemes));
+    }
+    ByteWriter writer(2 + 2 * schemes.size());
+    writer.u16(static_cast<std::uint16_t>(schemes.size()));
+    for (const std::uint16_t scheme : schemes) {
+        writer.u16(scheme);
+    }
+    return writer.take();
+}
+
+Decoded<std::vector<std::uint16_t>> decode_key_info(std::span<const std::uint8_t> payload) {
+    using Schemes = std::vector<std::uint16_t>;
+    if (payload.size() < 2) {
+        return reject<Schemes>(fmt::format("key_info payload of {} bytes has no scheme count",
+                                           payload.size()));
+    }
+    ByteReader reader(payload);
+    const std::uint16_t count = reader.u16();
+    const std::size_t expected_size = 2 + 2 * std::size_t{count};
+    if (count == 0 || count > max_key_info_schemes || payload.size() != expected_size) {
+        return reject<Schemes>(fmt::format(
+            "key_info payload of {} bytes does not hold the stated {} schemes (1 to {})",
+            payload.size(), count, max_key_info_schemes));
+    }
+    Schemes schemes;
+    for (std::uint16_t i = 0; i < count; ++i) {
+        const std::uint16_t scheme = reader.u16();
+        if (!scheme_name(scheme)) {
+            return reject<Schemes>(fmt::format("key_info lists unknown scheme 0x{:04x}", scheme));
+        }
+        schemes.push_back(scheme);
+    }
+    return Decoded<Schemes>{std::move(schemes), {}};
+}
+
 Decoded<Request> decode_request(std::span<const std::uint8_t> datagram) {
     if (datagram.size() < request_header_size) {
         return reject<Request>(
@@ -332,7 +423,7 @@ Decoded<Request> decode_request(std::span<const std::uint8_t> datagram) {
     }
     ByteReader reader(datagram);
     const RequestHeader header = read_request_header(reader);
-    std::string reason = check_request_header(header, datagram.size());
+    std::string reason = check_request_header(header, datagram);
     if (!reason.empty()) {
         return reject<Request>(std::move(reason));
     }

@@ -41,20 +41,34 @@ inline constexpr std::size_t max_response_payload = 2048;
 inline constexpr std::size_t max_request_size = request_header_size + max_request_payload;
 inline constexpr std::size_t max_response_size = response_header_size + max_response_payload;
 
+// A decrypt payload: the ClientHello's client_version (u16), then the RSA ciphertext of the
+// ClientKeyExchange (RFC 5246 section 7.4.7.1), at most an RSA-4096 modulus long.
+inline constexpr std::size_t decrypt_version_size = 2;
+inline constexpr std::size_t max_decrypt_ciphertext = 512;
+// The TLS 1.2 premaster secret that every ok response to decrypt carries.
+inline constexpr std::size_t premaster_secret_size = 48;
+
 enum class MessageType : std::uint8_t {
     sign = 1,        // payload: the whole to-be-signed message; response: the signature
     public_key = 2,  // payload: empty; response: the key's SubjectPublicKeyInfo, DER
+    decrypt = 3,     // payload: client_version and RSA ciphertext; response: 48 bytes
+    key_info = 4,    // payload: empty; response: the schemes the key can sign (see below)
     attach = 16,     // control channel only: adopt the descriptor as a new key channel
 };
+
+// A key_info response payload: a u16 count, then that many u16 SignatureScheme code points,
+// the schemes the key process signs with the key. A key in a PKCS#11 token may serve fewer
+// schemes than its key type allows (the token lacks a mechanism or the key forbids it).
+inline constexpr std::size_t max_key_info_schemes = 32;
 
 enum class Status : std::uint16_t {
     ok = 0,
     malformed = 1,           // the request broke the protocol; the channel is closed after
     unknown_key = 2,         // no key has this index
-    unsupported_scheme = 3,  // the key cannot sign with this scheme
-    refused = 4,             // the signing policy refused the message
+    unsupported_scheme = 3,  // the key cannot sign with this scheme, or decrypt (not RSA)
+    refused = 4,             // the signing policy refused the message, or decrypt is off
     quota_exceeded = 5,      // the channel used up its operations
-    failed = 6,              // the key store failed to sign
+    failed = 6,              // the key store failed to sign or decrypt
 };
 
 // TLS SignatureScheme code points (RFC 8446 section 4.2.3).
@@ -99,6 +113,12 @@ struct Attach {
     std::uint32_t flags = 0;
 };
 
+// The fields of a decrypt request's payload.
+struct DecryptInput {
+    std::uint16_t client_version = 0;  // ClientHello.client_version, 0x0303 for TLS 1.2
+    std::span<const std::uint8_t> ciphertext;
+};
+
 // Outcome of a decode: a value, or the reason the datagram was rejected.
 template <typename T>
 struct Decoded {
@@ -113,13 +133,25 @@ std::vector<std::uint8_t> encode(const Request& request);
 std::vector<std::uint8_t> encode(const Response& response);
 std::array<std::uint8_t, attach_size> encode(const Attach& attach);
 
+// Builds and splits the payload of a decrypt request. parse_decrypt_payload expects a
+// payload that decode_request accepted, and throws Error(protocol) when it is too short.
+std::vector<std::uint8_t> encode_decrypt_payload(const DecryptInput& input);
+DecryptInput parse_decrypt_payload(std::span<const std::uint8_t> payload);
+
+// Builds and reads the payload of a key_info response. encode_key_info throws
+// Error(protocol) for more than max_key_info_schemes schemes. decode_key_info returns the
+// reason a payload is invalid (wrong length, no scheme, a code point not in
+// SignatureScheme) in Decoded::error.
+std::vector<std::uint8_t> encode_key_info(std::span<const std::uint16_t> schemes);
+Decoded<std::vector<std::uint16_t>> decode_key_info(std::span<const std::uint8_t> payload);
+
 Decoded<Request> decode_request(std::span<const std::uint8_t> datagram);
 Decoded<Response> decode_response(std::span<const std::uint8_t> datagram);
 Decoded<Attach> decode_attach(std::span<const std::uint8_t> datagram);
 
 // Builds the reply to a request datagram that failed to decode: status malformed and no
 // payload. The request id is copied when the datagram has at least 8 bytes (0 otherwise), and
-// the type when it is sign or public_key (sign otherwise).
+// the type when it is sign, public_key, decrypt or key_info (sign otherwise).
 Response malformed_response(std::span<const std::uint8_t> datagram);
 
 }  // namespace cloister::keyproto

@@ -7,11 +7,13 @@
 #include <filesystem>
 #include <string>
 
+#include "backends/botan/botan_stack.h"
 #include "backends/openssl/openssl_stack.h"
 #include "core/config.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/process_title.h"
+#include "core/sandbox_layers.h"
 #include "core/supervisor.h"
 #include "keyprovider/key_process.h"
 
@@ -27,13 +29,19 @@ struct Options {
 cloister::SupervisorHooks make_hooks() {
     cloister::SupervisorHooks hooks;
     hooks.key_process_main = [](const cloister::Config& config, cloister::Fd control) {
-        return cloister::run_key_process(config, std::move(control));
+        // Confined after its keys load and before it serves a key channel.
+        return cloister::run_key_process(config, std::move(control),
+                                         cloister::key_process_confinement(config));
     };
     hooks.make_tls_stack = [](const cloister::Config& config, const cloister::VhostTable& vhosts) {
+        if (config.server.tls_backend == "botan") {
+            return cloister::make_botan_stack(config, vhosts);
+        }
         if (config.server.tls_backend != "openssl") {
             throw cloister::Error(
                 cloister::ErrorKind::config,
-                fmt::format(R"(tls-backend "{}" is not available in this build; use "openssl")",
+                fmt::format(R"(tls-backend "{}" is not available in this build; use "openssl" )"
+                            R"(or "botan")",
                             config.server.tls_backend));
         }
         return cloister::make_openssl_stack(config, vhosts);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/sandbox_sigsys.h"
 
 namespace cloister {
 namespace {
@@ -131,6 +132,7 @@ std::vector<Rule> connection_table(pid_t self) {
         allow(SCMP_SYS(gettimeofday)),   // the same
         allow(SCMP_SYS(clock_nanosleep)),
         allow(SCMP_SYS(nanosleep)),
+        allow(SCMP_SYS(alarm)),  // the backstop of the handshake deadline (SIGALRM)
         // OpenSSL 3.0 reseeds its DRBG with getrandom when getpid shows a fork.
         allow(SCMP_SYS(getrandom)),
         allow(SCMP_SYS(getpid)),
@@ -219,6 +221,8 @@ std::vector<Rule> key_memory_table(pid_t self) {
         allow_if(SCMP_SYS(clone), {arg_masked_is(0, CLONE_THREAD, CLONE_THREAD)}),
         allow_if(SCMP_SYS(tgkill), {arg_is(0, static_cast<std::uint64_t>(self))}),
         allow_if(SCMP_SYS(prctl), {arg_is(0, PR_SET_NAME)}),
+        // An adopted descriptor must be a SOCK_SEQPACKET socket: getsockopt SO_TYPE only.
+        allow_if(SCMP_SYS(getsockopt), {arg_is(1, SOL_SOCKET), arg_is(2, SO_TYPE)}),
     };
     append(rules, memory_rules());
     append(rules, fcntl_rules());
@@ -313,8 +317,13 @@ void add_rule(scmp_filter_ctx filter, const Rule& rule, SeccompRole role) {
 }  // namespace
 
 void install_seccomp(SeccompRole role, SeccompMode mode) {
+    // SCMP_ACT_TRAP rather than SCMP_ACT_KILL_PROCESS, so that the handler can name the call
+    // before the process dies; install_sigsys_reporter describes how it still dies.
     const std::uint32_t default_action =
-        mode == SeccompMode::enforce ? SCMP_ACT_KILL_PROCESS : SCMP_ACT_LOG;
+        mode == SeccompMode::enforce ? SCMP_ACT_TRAP : SCMP_ACT_LOG;
+    if (mode == SeccompMode::enforce) {
+        install_sigsys_reporter(to_string(role));
+    }
     FilterPtr filter(seccomp_init(default_action));
     if (!filter) {
         throw Error(ErrorKind::system,

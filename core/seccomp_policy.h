@@ -21,6 +21,10 @@ enum class SeccompMode {
 // threads created later. Sets PR_SET_NO_NEW_PRIVS, as the kernel requires of an unprivileged
 // caller. Call it last, after every other sandbox step. Throws Error(system) with errno on
 // failure.
+//
+// In enforce mode a forbidden call traps (SECCOMP_RET_TRAP) instead of killing at once, so that
+// the SIGSYS handler of core/sandbox_sigsys.h can name the call before the process dies of
+// SIGSYS. The call itself never runs.
 void install_seccomp(SeccompRole role, SeccompMode mode);
 
 // The role's name for log lines: "connection", "key-memory", "key-pkcs11".

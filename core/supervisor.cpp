@@ -24,6 +24,8 @@
 #include "core/listener.h"
 #include "core/log.h"
 #include "core/process_title.h"
+#include "core/sandbox_layers.h"
+#include "core/sandbox_spawn.h"
 
 #ifndef CLOISTER_VERSION
 #error "CLOISTER_VERSION must be defined by the build"
@@ -35,12 +37,40 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-// A key process that dies sooner than this after its start is restarted after this delay.
+// A key process that dies sooner than this after its start is restarted after a delay that
+// starts at this value and doubles with each early death, up to key_restart_backoff_max.
 constexpr milliseconds key_restart_backoff{1'000};
+constexpr milliseconds key_restart_backoff_max{60'000};
 // Between SIGTERM and SIGKILL for connection processes that outlive the drain.
 constexpr milliseconds terminate_grace{1'000};
 // After a failed fork of a spare, the next attempt waits this long.
 constexpr milliseconds spare_retry_delay{1'000};
+// After a spare dies within spare_early_death of its start, before it accepted a client (a
+// sandbox step failed, or seccomp killed it), the next spare waits spare_backoff_first,
+// doubling with each such death up to spare_backoff_max.
+constexpr milliseconds spare_early_death{2'000};
+constexpr milliseconds spare_backoff_first{100};
+constexpr milliseconds spare_backoff_max{30'000};
+
+// The delay before the next start of a process that keeps failing: first, then doubling up to
+// max. reset() returns to no delay.
+class RestartBackoff {
+  public:
+    RestartBackoff(milliseconds first, milliseconds max) : first_(first), max_(max) {}
+
+    // Records a failure and returns the delay before the next start.
+    milliseconds fail() {
+        delay_ = delay_.count() == 0 ? first_ : std::min(delay_ * 2, max_);
+        return delay_;
+    }
+
+    void reset() { delay_ = milliseconds(0); }
+
+  private:
+    milliseconds first_;
+    milliseconds max_;
+    milliseconds delay_{0};
+};
 
 // A write to a closed socket or pipe (standard error included) then returns EPIPE instead of
 // killing the supervisor.
@@ -69,6 +99,7 @@ struct Child {
     Fd status;  // the supervisor's end of the status socket
     ChildState state = ChildState::spare;
     bool status_open = true;  // false once the status socket reported EOF
+    Clock::time_point started = Clock::now();
 };
 
 struct ChildCounts {
@@ -132,10 +163,16 @@ class Supervisor {
         return fd;
     }
 
-    // Starts the key process before any listener is open, builds and checks the TLS stack,
-    // then opens the listeners. Returns non-zero when start-up failed.
+    // Decides the sandbox layers, starts the key process before any listener is open, builds
+    // and checks the TLS stack, then opens the listeners. Returns non-zero when start-up
+    // failed.
     int start() {
-        key_ = start_key_process(config_, hooks_);
+        const SandboxLayers layers = decide_sandbox_layers(
+            config_, SandboxChecks{.create_root = true, .test_namespaces = true});
+        log_sandbox_layers(layers, config_);
+        setup_.sandbox = connection_sandbox_plan(layers);
+        setup_.pid_namespace = layers.pid_namespace;
+        key_ = start_key_process(config_, hooks_, setup_.pid_namespace);
         try {
             vhosts_.emplace(config_.vhosts, config_.tls);
             log_vhost_warnings(*vhosts_);
@@ -144,6 +181,7 @@ class Supervisor {
         } catch (const Error& error) {
             return startup_failure_status(error, key_);
         }
+        setup_.backends = resolve_backends(config_);
         listeners_ = open_listeners(config_.listeners);
         for (const Listener& listener : listeners_) {
             spdlog::info("listening on {}", listener.address);
@@ -218,6 +256,7 @@ class Supervisor {
         if (received == 1 && message == static_cast<std::uint8_t>(StatusMessage::accepted)) {
             child.state = ChildState::busy;
             ++served_;
+            spare_backoff_.reset();
         } else if (received == 0 || (received < 0 && errno != EAGAIN && errno != EINTR)) {
             // The child is exiting; SIGCHLD follows and reaps it.
             child.status_open = false;
@@ -287,10 +326,11 @@ class Supervisor {
         }
         const std::uint64_t id = found->second.connection_id;
         if (WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS) {
+            // The process's own last line names the system call (core/sandbox_sigsys.h).
             spdlog::error(
-                "connection process {} (connection {}) was killed by seccomp "
-                "(SIGSYS): it made a system call its filter forbids",
-                pid, id);
+                "connection {} killed by seccomp (SIGSYS): connection process {} made a system "
+                "call that its filter forbids",
+                id, pid);
         } else if (stopped_by_supervisor(status)) {
             spdlog::info("connection process {} (connection {}) exited ({})", pid, id,
                          describe_wait_status(status));
@@ -298,11 +338,36 @@ class Supervisor {
             spdlog::warn("connection process {} (connection {}) exited ({})", pid, id,
                          describe_wait_status(status));
         }
+        if (found->second.state == ChildState::spare && !exited_cleanly(status) &&
+            !stopped_by_supervisor(status)) {
+            spare_failed(pid, found->second);
+        }
         children_.erase(found);  // closes the status socket
     }
 
-    // True for a child that the stop sequence ended with its own SIGTERM or SIGKILL.
+    // A spare that failed right after its start will most likely fail again, so the next
+    // spares wait instead of being forked in a tight loop.
+    void spare_failed(pid_t pid, const Child& child) {
+        if (Clock::now() - child.started >= spare_early_death) {
+            spare_backoff_.reset();
+            return;
+        }
+        const milliseconds delay = spare_backoff_.fail();
+        spdlog::warn(
+            "connection process {} failed within {} ms of its start, before it accepted a "
+            "client; starting the next spare in {} ms",
+            pid, spare_early_death.count(), delay.count());
+        spare_retry_at_ = Clock::now() + delay;
+    }
+
+    // True for a child that the stop sequence ended with its own SIGTERM or SIGKILL. PID 1 of
+    // a PID namespace reports SIGTERM as an exit status (exit_on_stop_signals).
     [[nodiscard]] bool stopped_by_supervisor(int status) const {
+        const bool exited_on_sigterm =
+            WIFEXITED(status) && WEXITSTATUS(status) == stop_signal_exit_status(SIGTERM);
+        if (exited_on_sigterm) {
+            return phase_ == Phase::terminating || phase_ == Phase::killing;
+        }
         if (!WIFSIGNALED(status)) {
             return false;
         }
@@ -313,6 +378,12 @@ class Supervisor {
 
     void key_process_exited(int status) {
         const bool died_early = Clock::now() - key_.started < key_restart_backoff;
+        if (WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS) {
+            spdlog::error(
+                "key process {} killed by seccomp (SIGSYS): it made a system call that its "
+                "filter forbids",
+                key_.pid);
+        }
         if (phase_ == Phase::running) {
             spdlog::error("key process {} exited ({}); restarting", key_.pid,
                           describe_wait_status(status));
@@ -325,15 +396,23 @@ class Supervisor {
         // connections keep their channel: a key operation on it fails, and so does the
         // handshake that needed it.
         retire_spares();
+        if (!died_early) {
+            key_backoff_.reset();
+        }
         if (phase_ == Phase::running) {
-            key_restart_at_ = Clock::now() + (died_early ? key_restart_backoff : milliseconds(0));
+            const milliseconds delay = died_early ? key_backoff_.fail() : milliseconds(0);
+            if (died_early) {
+                spdlog::warn("key process died within {} ms of its start; restarting in {} ms",
+                             key_restart_backoff.count(), delay.count());
+            }
+            key_restart_at_ = Clock::now() + delay;
         }
     }
 
     void restart_key_process() {
         key_restart_at_.reset();
         try {
-            key_ = start_key_process(config_, hooks_);
+            key_ = start_key_process(config_, hooks_, setup_.pid_namespace);
         } catch (const Error& error) {
             spdlog::error("restarting the key process failed: {}; retrying in {} ms", error.what(),
                           key_restart_backoff.count());
@@ -386,16 +465,13 @@ class Supervisor {
         send_attach(key_.control.get(), key_end, id, 0);
         key_end.reset();
         auto [status_end, child_status_end] = make_seqpacket_pair();
-        const pid_t pid = fork();
-        if (pid < 0) {
-            throw_system_error("fork of a connection process failed");
-        }
+        const pid_t pid = fork_child(setup_.pid_namespace);
         if (pid == 0) {
             // This copy of the supervisor is never used again, so the child takes the
             // listeners over.
             ConnectionChannels channels{std::move(listeners_), std::move(child_key_end),
                                         std::move(child_status_end), id};
-            run_connection_process(config_, *stack_, std::move(channels));
+            run_connection_process(config_, *stack_, std::move(channels), setup_);
         }
         children_.emplace(pid, Child{id, std::move(status_end), ChildState::spare, true});
     }
@@ -499,6 +575,9 @@ class Supervisor {
     Clock::time_point phase_deadline_;
     std::optional<Clock::time_point> key_restart_at_;
     std::optional<Clock::time_point> spare_retry_at_;
+    ConnectionSetup setup_;  // the sandbox plan and backend addresses of connection processes
+    RestartBackoff spare_backoff_{spare_backoff_first, spare_backoff_max};
+    RestartBackoff key_backoff_{key_restart_backoff, key_restart_backoff_max};
 };
 
 }  // namespace
@@ -514,7 +593,10 @@ int run_supervisor(const Config& config, const SupervisorHooks& hooks) {
 
 int check_config(const Config& config, const SupervisorHooks& hooks) {
     ignore_sigpipe();
-    KeyProcess key = start_key_process(config, hooks);
+    const SandboxLayers layers =
+        decide_sandbox_layers(config, SandboxChecks{.create_root = false, .test_namespaces = true});
+    log_sandbox_layers(layers, config);
+    KeyProcess key = start_key_process(config, hooks, layers.pid_namespace);
     int status = 0;
     try {
         for (const ListenerConfig& listener : config.listeners) {

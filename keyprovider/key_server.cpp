@@ -39,10 +39,11 @@ unsigned resolve_worker_count(unsigned configured) {
     return std::max(1U, std::thread::hardware_concurrency());
 }
 
-HandlerOptions handler_options(const KeyProcessConfig& config) {
+HandlerOptions handler_options(const KeyProcessConfig& config, bool rsa_decryption) {
     HandlerOptions options;
     options.max_operations_per_channel = config.max_operations_per_channel;
     options.tls_signing_policy = true;
+    options.rsa_decryption = rsa_decryption;
     return options;
 }
 
@@ -85,6 +86,9 @@ std::string describe_request(const keyproto::Request& request) {
         return fmt::format("public_key request {} for key {}", request.request_id,
                            request.key_index);
     }
+    if (request.type == keyproto::MessageType::decrypt) {
+        return fmt::format("decrypt request {} for key {}", request.request_id, request.key_index);
+    }
     const auto name = keyproto::scheme_name(request.scheme);
     return fmt::format("sign request {} for key {} with {}", request.request_id, request.key_index,
                        name ? *name : "an unknown scheme");
@@ -100,6 +104,9 @@ void KeyProcessStats::count_response(keyproto::MessageType type, Status status) 
     if (status == Status::ok && type == keyproto::MessageType::sign) {
         signatures_.fetch_add(1, std::memory_order_relaxed);
     }
+    if (status == Status::ok && type == keyproto::MessageType::decrypt) {
+        decryptions_.fetch_add(1, std::memory_order_relaxed);
+    }
 }
 
 std::uint64_t KeyProcessStats::responses(Status status) const {
@@ -113,13 +120,15 @@ std::uint64_t KeyProcessStats::refused() const {
 }
 
 std::string KeyProcessStats::summary() const {
-    return fmt::format("key process stats: channels={} signatures={} refused={} malformed={}",
-                       channels(), signatures(), refused(), responses(Status::malformed));
+    return fmt::format(
+        "key process stats: channels={} signatures={} refused={} malformed={} decryptions={}",
+        channels(), signatures(), refused(), responses(Status::malformed), decryptions());
 }
 
-KeyServer::KeyServer(const KeyStore& store, const KeyProcessConfig& config, Fd control)
+KeyServer::KeyServer(const KeyStore& store, const KeyProcessConfig& config, Fd control,
+                     bool rsa_decryption)
     : store_(store),
-      handler_(store, handler_options(config)),
+      handler_(store, handler_options(config, rsa_decryption)),
       worker_count_(resolve_worker_count(config.workers)) {
     signals_.fd = make_signalfd();
     control_.fd = std::move(control);

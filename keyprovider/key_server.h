@@ -29,12 +29,14 @@ class KeyProcessStats {
 
     [[nodiscard]] std::uint64_t channels() const { return channels_.load(); }
     [[nodiscard]] std::uint64_t signatures() const { return signatures_.load(); }
+    [[nodiscard]] std::uint64_t decryptions() const { return decryptions_.load(); }
     [[nodiscard]] std::uint64_t responses(keyproto::Status status) const;
     // Responses with unknown_key, unsupported_scheme, refused or quota_exceeded. Status failed
     // is an error, not a refusal, and is not included.
     [[nodiscard]] std::uint64_t refused() const;
 
-    // Returns "key process stats: channels=N signatures=N refused=N malformed=N".
+    // Returns "key process stats: channels=N signatures=N refused=N malformed=N
+    // decryptions=N".
     [[nodiscard]] std::string summary() const;
 
   private:
@@ -42,6 +44,7 @@ class KeyProcessStats {
 
     std::atomic<std::uint64_t> channels_{0};
     std::atomic<std::uint64_t> signatures_{0};
+    std::atomic<std::uint64_t> decryptions_{0};
     std::array<std::atomic<std::uint64_t>, status_count> by_status_{};
 };
 
@@ -49,9 +52,11 @@ class KeyServer {
   public:
     // Blocks SIGTERM, SIGINT and SIGUSR1 in the calling thread (they stay blocked after the
     // server is gone, because a pending one would otherwise take its default action) and
-    // receives them through a signalfd. store must outlive the server. Throws Error(system)
-    // when a descriptor cannot be created.
-    KeyServer(const KeyStore& store, const KeyProcessConfig& config, Fd control);
+    // receives them through a signalfd. store must outlive the server. rsa_decryption serves
+    // decrypt requests ([tls] rsa-key-exchange). Throws Error(system) when a descriptor cannot
+    // be created.
+    KeyServer(const KeyStore& store, const KeyProcessConfig& config, Fd control,
+              bool rsa_decryption = false);
     KeyServer(const KeyServer&) = delete;
     KeyServer& operator=(const KeyServer&) = delete;
     KeyServer(KeyServer&&) = delete;

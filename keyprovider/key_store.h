@@ -43,6 +43,17 @@ class KeyStore {
     [[nodiscard]] virtual std::vector<std::uint8_t> sign(
         std::size_t index, keyproto::SignatureScheme scheme,
         std::span<const std::uint8_t> message) const = 0;
+    // Returns the SignatureScheme code points that sign() serves for the key, for the key_info
+    // request. The default is every scheme that fits the key type (scheme_fits); a key in a
+    // PKCS#11 token may serve fewer (see pkcs11/mechanisms.h).
+    [[nodiscard]] virtual std::vector<std::uint16_t> supported_schemes(std::size_t index) const;
+    // Decrypts the RSA-encrypted premaster secret of a TLS 1.2 ClientKeyExchange and returns
+    // 48 bytes, random ones for an invalid ciphertext (see decrypt_premaster_secret). Throws
+    // Error(policy) when the key is not RSA or the store cannot decrypt. The default is a
+    // store without decryption.
+    [[nodiscard]] virtual std::vector<std::uint8_t> decrypt_premaster_secret(
+        std::size_t index, std::uint16_t client_version,
+        std::span<const std::uint8_t> ciphertext) const;
 };
 
 }  // namespace cloister

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "keyprovider/evp_signature.h"
+#include "keyprovider/premaster_decryption.h"
 #include "keyprovider/signature_schemes.h"
 
 namespace cloister {
@@ -67,6 +68,17 @@ std::vector<std::uint8_t> MemoryKeyStore::sign(std::size_t index, keyproto::Sign
                                 static_cast<std::uint16_t>(scheme), to_string(key.type), key.name));
     }
     return sign_message(key.key.get(), *params, message);
+}
+
+std::vector<std::uint8_t> MemoryKeyStore::decrypt_premaster_secret(
+    std::size_t index, std::uint16_t client_version,
+    std::span<const std::uint8_t> ciphertext) const {
+    const Entry& key = entry(index);
+    if (key.type != KeyType::rsa) {
+        throw Error(ErrorKind::policy,
+                    fmt::format("{} key '{}' cannot decrypt", to_string(key.type), key.name));
+    }
+    return cloister::decrypt_premaster_secret(key.key.get(), client_version, ciphertext);
 }
 
 }  // namespace cloister

@@ -22,6 +22,9 @@ class MemoryKeyStore final : public KeyStore {
     [[nodiscard]] std::vector<std::uint8_t> sign(
         std::size_t index, keyproto::SignatureScheme scheme,
         std::span<const std::uint8_t> message) const override;
+    [[nodiscard]] std::vector<std::uint8_t> decrypt_premaster_secret(
+        std::size_t index, std::uint16_t client_version,
+        std::span<const std::uint8_t> ciphertext) const override;
 
   private:
     struct Entry {

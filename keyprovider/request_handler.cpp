@@ -2,9 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "core/error.h"
+#include "keyprovider/decrypt_request.h"
 #include "keyprovider/signature_schemes.h"
 #include "keyprovider/signing_policy.h"
 
@@ -43,7 +45,23 @@ HandlerResult RequestHandler::handle(const Request& request, ChannelState& chann
     if (request.type == keyproto::MessageType::public_key) {
         return public_key(request);
     }
+    if (request.type == keyproto::MessageType::decrypt) {
+        return serve_decrypt(store_, options_, request, channel);
+    }
+    if (request.type == keyproto::MessageType::key_info) {
+        return key_info(request);
+    }
     return sign(request, channel);
+}
+
+HandlerResult RequestHandler::key_info(const Request& request) const {
+    if (request.key_index >= store_.size()) {
+        return make_result(request, Status::unknown_key,
+                           fmt::format("key index {} does not exist ({} keys loaded)",
+                                       request.key_index, store_.size()));
+    }
+    const std::vector<std::uint16_t> schemes = store_.supported_schemes(request.key_index);
+    return make_ok(request, keyproto::encode_key_info(schemes));
 }
 
 HandlerResult RequestHandler::public_key(const Request& request) const {
@@ -92,6 +110,15 @@ std::optional<HandlerResult> RequestHandler::check_sign(const Request& request,
                                fmt::format("signing policy rejected the {}-byte message: {}",
                                            request.payload.size(), verdict.reason));
         }
+    }
+    // A key in a PKCS#11 token may lack the mechanism of a scheme that fits its type.
+    const std::vector<std::uint16_t> served = store_.supported_schemes(request.key_index);
+    if (std::find(served.begin(), served.end(), request.scheme) == served.end()) {
+        return make_result(request, Status::unsupported_scheme,
+                           fmt::format("key '{}' cannot sign {}: its token lacks or forbids "
+                                       "the mechanism",
+                                       store_.key_name(request.key_index),
+                                       scheme_text(request.scheme)));
     }
     if (!channel.unlimited && channel.operations >= options_.max_operations_per_channel) {
         return make_result(request, Status::quota_exceeded,

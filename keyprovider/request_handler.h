@@ -26,6 +26,8 @@ struct HandlerOptions {
     // Signs only TLS handshake signature inputs (check_tls_signing_input); others get
     // Status::refused.
     bool tls_signing_policy = true;
+    // Serves decrypt requests ([tls] rsa-key-exchange); without it they get Status::refused.
+    bool rsa_decryption = false;
 };
 
 struct HandlerResult {
@@ -41,14 +43,17 @@ class RequestHandler {
 
     // Serves request on the channel described by channel, updating its operation count. A
     // sign request is checked in this order: key index (unknown_key), scheme against the key
-    // type (unsupported_scheme), signing policy (refused), quota (quota_exceeded). Only a
-    // request that passes every check counts against the quota. Safe to call from several
+    // type (unsupported_scheme), signing policy (refused), scheme against the store's
+    // supported_schemes (unsupported_scheme), quota (quota_exceeded). Only a request that
+    // passes every check counts against the quota. A decrypt request is served by
+    // serve_decrypt. public_key and key_info requests never count. Safe to call from several
     // threads for different channels.
     [[nodiscard]] HandlerResult handle(const keyproto::Request& request,
                                        ChannelState& channel) const;
 
   private:
     [[nodiscard]] HandlerResult public_key(const keyproto::Request& request) const;
+    [[nodiscard]] HandlerResult key_info(const keyproto::Request& request) const;
     [[nodiscard]] HandlerResult sign(const keyproto::Request& request, ChannelState& channel) const;
     // Returns the refusal for a sign request that fails a check, or nullopt.
     [[nodiscard]] std::optional<HandlerResult> check_sign(const keyproto::Request& request,

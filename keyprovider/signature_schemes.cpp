@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <vector>
 
 namespace cloister {
 namespace {
@@ -53,6 +54,17 @@ std::optional<SchemeParams> find_scheme(std::uint16_t code_point) {
 bool scheme_fits(KeyType type, std::uint16_t code_point) {
     const auto params = find_scheme(code_point);
     return params && params->key_type == type;
+}
+
+std::vector<std::uint16_t> KeyStore::supported_schemes(std::size_t index) const {
+    const KeyType type = key_type(index);
+    std::vector<std::uint16_t> served;
+    for (const SchemeParams& params : schemes) {
+        if (params.key_type == type) {
+            served.push_back(static_cast<std::uint16_t>(params.scheme));
+        }
+    }
+    return served;
 }
 
 }  // namespace cloister

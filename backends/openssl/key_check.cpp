@@ -84,12 +84,41 @@ void compare_public_keys(const ServedCertificate& certificate, KeyClient& client
                             certificate.chain_file.string(), sha256_fingerprint(local, libctx)));
 }
 
+// True when the key process signs rsa_pss_rsae_sha256 with the RSA key of certificate. A key
+// in a PKCS#11 token without CKM_RSA_PKCS_PSS cannot, and its test signature uses PKCS#1 v1.5.
+bool rsa_pss(const ServedCertificate& certificate, KeyClient& client) {
+    if (certificate.key_type != KeyType::rsa) {
+        return false;
+    }
+    const std::vector<std::uint16_t> schemes = client.key_schemes(certificate.key_index);
+    const auto pss_sha256 =
+        static_cast<std::uint16_t>(keyproto::SignatureScheme::rsa_pss_rsae_sha256);
+    return std::find(schemes.begin(), schemes.end(), pss_sha256) != schemes.end();
+}
+
+// Returns TLS 1.2 ServerKeyExchange parameters (RFC 8422 section 5.4): two random 32-byte
+// randoms and ServerECDHParams for x25519 with a random point. The signing policy accepts an
+// rsa_pkcs1_* scheme only for this input, because TLS 1.3 does not allow those schemes.
+Bytes tls12_test_message(const ServedCertificate& certificate, OSSL_LIB_CTX* libctx) {
+    constexpr std::array<unsigned char, 4> x25519_params{3, 0x00, 0x1d, 32};  // named_curve
+    Bytes message(64 + x25519_params.size() + 32);
+    if (RAND_bytes_ex(libctx, message.data(), message.size(), 0) != 1) {
+        throw_check_error(certificate, "no random bytes: " + take_openssl_errors());
+    }
+    std::copy(x25519_params.begin(), x25519_params.end(), message.begin() + 64);
+    return message;
+}
+
 // Returns RFC 8446 section 4.4.3 server CertificateVerify content with a random 32-byte
 // transcript hash, so that the key process's TLS-only signing policy accepts it.
 Bytes test_message(const ServedCertificate& certificate, OSSL_LIB_CTX* libctx) {
     constexpr std::string_view context = "TLS 1.3, server CertificateVerify";
-    Bytes message(64, 0x20);
-    message.insert(message.end(), context.begin(), context.end());
+    Bytes message;
+    message.reserve(64 + context.size() + 1 + 32);
+    message.resize(64, 0x20);
+    for (const char c : context) {
+        message.push_back(static_cast<unsigned char>(c));
+    }
     message.push_back(0x00);
     std::array<unsigned char, 32> hash{};
     if (RAND_bytes_ex(libctx, hash.data(), hash.size(), 0) != 1) {
@@ -113,22 +142,28 @@ const char* test_digest(const ServedCertificate& certificate) {
     return "SHA256";
 }
 
-// Selects RSA-PSS with a salt as long as the digest, the only RSA padding TLS 1.3 allows.
-bool set_pss(const ServedCertificate& certificate, EVP_PKEY_CTX* context) {
-    return certificate.key_type != KeyType::rsa ||
-           (EVP_PKEY_CTX_set_rsa_padding(context, RSA_PKCS1_PSS_PADDING) == 1 &&
-            EVP_PKEY_CTX_set_rsa_pss_saltlen(context, RSA_PSS_SALTLEN_DIGEST) == 1);
+// Selects RSA-PSS with a salt as long as the digest, the only RSA padding TLS 1.3 allows, or
+// PKCS#1 v1.5 when pss is false.
+bool set_pss(const ServedCertificate& certificate, EVP_PKEY_CTX* context, bool pss) {
+    if (certificate.key_type != KeyType::rsa) {
+        return true;
+    }
+    if (!pss) {
+        return EVP_PKEY_CTX_set_rsa_padding(context, RSA_PKCS1_PADDING) == 1;
+    }
+    return EVP_PKEY_CTX_set_rsa_padding(context, RSA_PKCS1_PSS_PADDING) == 1 &&
+           EVP_PKEY_CTX_set_rsa_pss_saltlen(context, RSA_PSS_SALTLEN_DIGEST) == 1;
 }
 
 Bytes sign_through_provider(const ServedCertificate& certificate, const Bytes& message,
-                            OSSL_LIB_CTX* libctx) {
+                            OSSL_LIB_CTX* libctx, bool pss) {
     EvpMdCtxPtr context(EVP_MD_CTX_new());
     EVP_PKEY_CTX* key_context = nullptr;
     size_t length = 0;
     if (!context ||
         EVP_DigestSignInit_ex(context.get(), &key_context, test_digest(certificate), libctx,
                               nullptr, certificate.key.get(), nullptr) != 1 ||
-        !set_pss(certificate, key_context) ||
+        !set_pss(certificate, key_context, pss) ||
         EVP_DigestSign(context.get(), nullptr, &length, message.data(), message.size()) != 1) {
         throw_check_error(certificate, "cannot start a test signature: " + take_openssl_errors());
     }
@@ -143,14 +178,14 @@ Bytes sign_through_provider(const ServedCertificate& certificate, const Bytes& m
 }
 
 void verify_with_certificate(const ServedCertificate& certificate, const Bytes& message,
-                             const Bytes& signature, OSSL_LIB_CTX* libctx) {
+                             const Bytes& signature, OSSL_LIB_CTX* libctx, bool pss) {
     EvpMdCtxPtr context(EVP_MD_CTX_new());
     EVP_PKEY_CTX* key_context = nullptr;
     EVP_PKEY* public_key = X509_get0_pubkey(certificate.chain.leaf.get());
     if (!context ||
         EVP_DigestVerifyInit_ex(context.get(), &key_context, test_digest(certificate), libctx,
                                 default_query, public_key, nullptr) != 1 ||
-        !set_pss(certificate, key_context)) {
+        !set_pss(certificate, key_context, pss)) {
         throw_check_error(certificate, "cannot verify a test signature: " + take_openssl_errors());
     }
     if (EVP_DigestVerify(context.get(), signature.data(), signature.size(), message.data(),
@@ -167,9 +202,11 @@ void verify_with_certificate(const ServedCertificate& certificate, const Bytes& 
 void verify_certificate_key(const ServedCertificate& certificate, KeyClient& client,
                             OSSL_LIB_CTX* libctx) {
     compare_public_keys(certificate, client, libctx);
-    const Bytes message = test_message(certificate, libctx);
-    const Bytes signature = sign_through_provider(certificate, message, libctx);
-    verify_with_certificate(certificate, message, signature, libctx);
+    const bool tls13_scheme = certificate.key_type != KeyType::rsa || rsa_pss(certificate, client);
+    const Bytes message = tls13_scheme ? test_message(certificate, libctx)
+                                       : tls12_test_message(certificate, libctx);
+    const Bytes signature = sign_through_provider(certificate, message, libctx, tls13_scheme);
+    verify_with_certificate(certificate, message, signature, libctx, tls13_scheme);
 }
 
 }  // namespace cloister::ossl

@@ -1,5 +1,6 @@
 #include "backends/openssl/openssl_stack.h"
 
+#include <fmt/format.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
@@ -10,15 +11,18 @@
 #include <chrono>
 #include <cstring>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "backends/openssl/key_capabilities.h"
 #include "backends/openssl/key_check.h"
 #include "backends/openssl/library_context.h"
 #include "backends/openssl/openssl_errors.h"
 #include "backends/openssl/session.h"
 #include "backends/openssl/vhost_context.h"
+#include "core/alpn.h"
 #include "core/error.h"
 
 namespace cloister {
@@ -83,6 +87,13 @@ class OpensslStack final : public TlsStack {
   private:
     static int on_server_name(SSL* ssl, int* alert, void* arg);
     int select_vhost(SSL* ssl, int* alert);
+    static int on_alpn(SSL* ssl, const unsigned char** selected, unsigned char* selected_length,
+                       const unsigned char* offered, unsigned int offered_length, void* arg);
+    int select_protocol(SSL* ssl, const unsigned char** selected, unsigned char* selected_length,
+                        std::span<const unsigned char> offered) const;
+    static int on_client_hello(SSL* ssl, int* alert, void* arg);
+    void limit_version(SSL* ssl) const;
+    void apply_key_signing(std::size_t vhost, KeyClient& client);
 
     // Declared first, so that it outlives every SSL_CTX and key created in it.
     ossl::LibraryContext library_;
@@ -90,10 +101,19 @@ class OpensslStack final : public TlsStack {
     std::vector<ossl::VhostContext> contexts_;
     // Vhost of the SSL_CTX that new sessions start with: the default vhost, else the first.
     std::size_t initial_vhost_ = 0;
+    TlsVersion min_version_;
+    std::vector<std::vector<std::string>> alpn_;  // VhostConfig::alpn of each vhost
+    AlpnMismatch alpn_mismatch_;
+    // Per vhost: an RSA key of it cannot sign RSA-PSS, so it serves TLS 1.2 only. Set by
+    // verify_keys from the key process's key_info.
+    std::vector<bool> tls12_only_;
 };
 
 OpensslStack::OpensslStack(const Config& config, const VhostTable& vhosts)
-    : vhosts_(vhosts), initial_vhost_(vhosts.default_vhost().value_or(0)) {
+    : vhosts_(vhosts),
+      initial_vhost_(vhosts.default_vhost().value_or(0)),
+      min_version_(config.tls.min_version),
+      alpn_mismatch_(config.tls.alpn_mismatch) {
     if (config.vhosts.empty()) {
         throw Error(ErrorKind::config, config.source.string() + ": no [[vhost]] is configured");
     }
@@ -102,6 +122,9 @@ OpensslStack::OpensslStack(const Config& config, const VhostTable& vhosts)
         contexts_.push_back(ossl::build_vhost_context(config, i, library_.get()));
         SSL_CTX_set_tlsext_servername_callback(contexts_.back().ssl_ctx.get(), on_server_name);
         SSL_CTX_set_tlsext_servername_arg(contexts_.back().ssl_ctx.get(), this);
+        SSL_CTX_set_client_hello_cb(contexts_.back().ssl_ctx.get(), on_client_hello, this);
+        SSL_CTX_set_alpn_select_cb(contexts_.back().ssl_ctx.get(), on_alpn, this);
+        alpn_.push_back(config.vhosts[i].alpn);
         certificates += contexts_.back().certificates.size();
     }
     spdlog::info("openssl: {} vhosts with {} certificates ready ({})", contexts_.size(),
@@ -130,6 +153,47 @@ void OpensslStack::verify_keys() {
     }
     library_.provider().last_scheme = 0;
     spdlog::info("openssl: {} certificate keys match their keys in the key process", checked);
+    tls12_only_.assign(contexts_.size(), false);
+    for (std::size_t i = 0; i < contexts_.size(); ++i) {
+        apply_key_signing(i, *client);
+    }
+}
+
+// Offers the vhost only the schemes its keys can sign, from the key process's key_info.
+// Runs in the supervisor before any connection process is forked, so every child inherits
+// the limits.
+void OpensslStack::apply_key_signing(std::size_t vhost, KeyClient& client) {
+    ossl::VhostContext& context = contexts_[vhost];
+    std::vector<ossl::KeySchemes> keys;
+    for (const ossl::ServedCertificate& certificate : context.certificates) {
+        keys.push_back({certificate.key_type, certificate.key_name,
+                        client.key_schemes(certificate.key_index)});
+    }
+    const ossl::VhostSigning signing = ossl::derive_vhost_signing(keys);
+    const std::string& name = context.certificates.front().vhost_name;
+    if (!signing.sigalgs.empty()) {
+        if (SSL_CTX_set1_sigalgs_list(context.ssl_ctx.get(), signing.sigalgs.c_str()) != 1) {
+            throw Error(ErrorKind::config,
+                        fmt::format("vhost '{}': OpenSSL rejected the signature algorithms {}: {}",
+                                    name, signing.sigalgs, ossl::take_openssl_errors()));
+        }
+        spdlog::info("openssl: vhost '{}' offers the signature schemes its keys can sign: {}",
+                     name, signing.sigalgs);
+    }
+    if (!signing.tls12_only) {
+        return;
+    }
+    if (min_version_ == TlsVersion::tls1_3) {
+        throw Error(ErrorKind::config,
+                    fmt::format("vhost '{}': key {} cannot sign RSA-PSS, which TLS 1.3 requires "
+                                "of RSA keys, and [tls] min-version is 1.3; allow TLS 1.2 or "
+                                "use a token with CKM_RSA_PKCS_PSS",
+                                name, signing.keys_without_pss));
+    }
+    tls12_only_[vhost] = true;
+    spdlog::warn("openssl: vhost '{}' serves TLS 1.2 only: key {} cannot sign RSA-PSS, which "
+                 "TLS 1.3 requires of RSA keys",
+                 name, signing.keys_without_pss);
 }
 
 std::unique_ptr<TlsSession> OpensslStack::new_session(int client_fd, std::uint64_t connection_id) {
@@ -152,6 +216,25 @@ int OpensslStack::on_server_name(SSL* ssl, int* alert, void* arg) {
         spdlog::error("selecting the vhost failed: {}", error.what());
         *alert = SSL_AD_INTERNAL_ERROR;
         return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+}
+
+// Runs first for every ClientHello, before the protocol version is chosen; the servername
+// callback runs after it. A vhost's TLS 1.2 limit must be set here, because switching the
+// SSL_CTX later does not change the negotiated version.
+int OpensslStack::on_client_hello(SSL* ssl, int* /*alert*/, void* arg) {
+    static_cast<const OpensslStack*>(arg)->limit_version(ssl);
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+// Chooses the vhost exactly as select_vhost does, from the same server name, and caps the
+// version when that vhost serves TLS 1.2 only. A ClientHello that the table rejects is left
+// to the servername callback, which ends it.
+void OpensslStack::limit_version(SSL* ssl) const {
+    const std::optional<std::string_view> sni = ossl::client_hello_server_name(ssl);
+    const std::optional<std::size_t> vhost = vhosts_.select(sni).vhost;
+    if (vhost && *vhost < tls12_only_.size() && tls12_only_[*vhost]) {
+        SSL_set_max_proto_version(ssl, TLS1_2_VERSION);
     }
 }
 
@@ -179,6 +262,72 @@ int OpensslStack::select_vhost(SSL* ssl, int* alert) {
     }
     session->set_vhost(index, server_name != nullptr ? server_name : "");
     return SSL_TLSEXT_ERR_OK;
+}
+
+// Splits the client's ALPN list (RFC 7301 section 3.1: each name with a one-byte length).
+std::vector<std::string> parse_alpn_list(std::span<const unsigned char> wire) {
+    std::vector<std::string> names;
+    std::size_t offset = 0;
+    while (offset < wire.size()) {
+        const std::size_t length = wire[offset];
+        if (length == 0 || offset + 1 + length > wire.size()) {
+            break;  // libssl has already rejected such a list; nothing more is read
+        }
+        names.emplace_back(reinterpret_cast<const char*>(wire.data() + offset + 1), length);
+        offset += 1 + length;
+    }
+    return names;
+}
+
+// Runs when the client offered ALPN, after the SNI callback chose the vhost (OpenSSL 3.0
+// handles ALPN after the ClientHello extensions and the servername callback).
+int OpensslStack::on_alpn(SSL* ssl, const unsigned char** selected, unsigned char* selected_length,
+                          const unsigned char* offered, unsigned int offered_length, void* arg) {
+    try {
+        return static_cast<const OpensslStack*>(arg)->select_protocol(
+            ssl, selected, selected_length, std::span(offered, offered_length));
+    } catch (const std::exception& error) {
+        spdlog::error("selecting the ALPN protocol failed: {}", error.what());
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+}
+
+// Returns SSL_TLSEXT_ERR_OK with selected pointing into offered (libssl copies it),
+// SSL_TLSEXT_ERR_NOACK for no protocol, or SSL_TLSEXT_ERR_ALERT_FATAL, which libssl turns
+// into alert no_application_protocol (120).
+int OpensslStack::select_protocol(SSL* ssl, const unsigned char** selected,
+                                  unsigned char* selected_length,
+                                  std::span<const unsigned char> offered) const {
+    const OpensslSession* session = OpensslSession::from(ssl);
+    if (session == nullptr) {
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    const std::vector<std::string>& served = alpn_.at(session->vhost_index());
+    const std::vector<std::string> names = parse_alpn_list(offered);
+    const AlpnSelection selection = select_alpn(served, names, alpn_mismatch_);
+    if (selection.reject) {
+        spdlog::warn("connection {}: rejected the handshake: the client offered ALPN {}, and "
+                     "the vhost serves only {}",
+                     session->connection_id(), describe_alpn(names), describe_alpn(served));
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    if (selection.protocol.empty()) {
+        if (!served.empty()) {
+            spdlog::info("no ALPN protocol agreed: the client offered {}, and the vhost serves {}",
+                         describe_alpn(names), describe_alpn(served));
+        }
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    std::size_t offset = 0;
+    for (const std::string& name : names) {
+        if (name == selection.protocol) {
+            *selected = offered.data() + offset + 1;
+            *selected_length = static_cast<unsigned char>(name.size());
+            return SSL_TLSEXT_ERR_OK;
+        }
+        offset += 1 + name.size();
+    }
+    return SSL_TLSEXT_ERR_NOACK;
 }
 
 }  // namespace

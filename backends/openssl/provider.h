@@ -1,5 +1,6 @@
-// The built-in OpenSSL provider "cloister": key management and signature operations for keys
-// whose private half lives in the key process. docs/openssl-provider.md explains the rules.
+// The built-in OpenSSL provider "cloister": key management, signature and RSA decryption
+// operations for keys whose private half lives in the key process. docs/openssl-provider.md
+// explains the rules.
 #pragma once
 
 #include <openssl/core.h>
@@ -42,6 +43,7 @@ int provider_init(const OSSL_CORE_HANDLE* handle, const OSSL_DISPATCH* in,
 // Algorithm tables, terminated by an entry with null names.
 extern const OSSL_ALGORITHM keymgmt_algorithms[];
 extern const OSSL_ALGORITHM signature_algorithms[];
+extern const OSSL_ALGORITHM asym_cipher_algorithms[];
 
 // Converts a provider function to a dispatch table entry. Fn is the OSSL_FUNC_*_fn type that
 // the function id expects, so a function with the wrong signature does not compile.
@@ -66,6 +68,7 @@ enum class ProviderReason : int {
     message_too_long,
     signature_too_long,
     internal_error,
+    missing_client_version,
 };
 
 // Adds an error with reason and detail (shown after the reason text) to the error queue, so

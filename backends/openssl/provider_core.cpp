@@ -15,7 +15,7 @@ struct ReasonText {
     const char* text;
 };
 
-constexpr std::array<ReasonText, 14> reason_texts{{
+constexpr std::array<ReasonText, 15> reason_texts{{
     {ProviderReason::no_key_channel, "no key channel in this process"},
     {ProviderReason::key_channel_closed, "key channel closed"},
     {ProviderReason::key_channel_failed, "key channel failed"},
@@ -30,6 +30,7 @@ constexpr std::array<ReasonText, 14> reason_texts{{
     {ProviderReason::message_too_long, "message too long"},
     {ProviderReason::signature_too_long, "signature too long"},
     {ProviderReason::internal_error, "internal error"},
+    {ProviderReason::missing_client_version, "missing TLS client version"},
 }};
 
 // Library name, every reason, and the terminating entry.
@@ -62,6 +63,8 @@ const OSSL_ALGORITHM* query_operation(void* /*provctx*/, int operation_id, int* 
             return keymgmt_algorithms;
         case OSSL_OP_SIGNATURE:
             return signature_algorithms;
+        case OSSL_OP_ASYM_CIPHER:
+            return asym_cipher_algorithms;
         default:
             return nullptr;
     }

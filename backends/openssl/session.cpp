@@ -20,9 +20,8 @@ IoResult failure(std::string error) {
     return IoResult{IoStatus::failed, 0, std::move(error)};
 }
 
-// True when the peer closed the TCP stream without close_notify. OpenSSL 3.0 reports that as
-// SSL_ERROR_SSL with this reason unless SSL_OP_IGNORE_UNEXPECTED_EOF is set (it is not, so that
-// a truncation attack stays visible to the proxy).
+// True when the peer closed the TCP stream without close_notify and OpenSSL reported it as a
+// fatal error. The session sets SSL_OP_IGNORE_UNEXPECTED_EOF, so this remains only as a fallback.
 bool is_unexpected_eof() {
     const unsigned long error = ERR_peek_error();
     return ERR_GET_LIB(error) == ERR_LIB_SSL &&
@@ -38,6 +37,13 @@ OpensslSession::OpensslSession(SslPtr ssl, std::uint64_t connection_id, Provider
       provider_(provider),
       vhost_index_(vhost_index) {
     SSL_set_app_data(ssl_.get(), this);
+    // Without this option OpenSSL 3.0 treats a TCP EOF without close_notify as fatal. It sends
+    // a decode_error alert and fails every later write, so the backend's reply to a request
+    // that ended with a bare FIN would not reach the client. on_message still reports the
+    // truncation.
+    SSL_set_options(ssl_.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_set_msg_callback(ssl_.get(), on_message);
+    SSL_set_msg_callback_arg(ssl_.get(), this);
     // A scheme recorded before this connection (by verify_keys in the parent) must not show.
     provider_.last_scheme = 0;
 }
@@ -58,7 +64,7 @@ IoResult OpensslSession::result_of(int ret, int error_number, const char* operat
         case SSL_ERROR_WANT_WRITE:
             return with_status(IoStatus::want_write);
         case SSL_ERROR_ZERO_RETURN:
-            return with_status(IoStatus::closed);
+            return with_status(close_notify_received_ ? IoStatus::closed : IoStatus::truncated);
         case SSL_ERROR_SYSCALL:
             if (ERR_peek_error() == 0) {
                 return failure(fmt::format(
@@ -76,6 +82,17 @@ IoResult OpensslSession::result_of(int ret, int error_number, const char* operat
             break;
     }
     return failure(fmt::format("TLS {} failed: {}", operation, take_openssl_errors()));
+}
+
+void OpensslSession::on_message(int write_p, int /*version*/, int content_type, const void* buffer,
+                                std::size_t length, SSL* /*ssl*/, void* arg) {
+    // An alert is two bytes: level, then description (RFC 8446 section 6).
+    if (write_p != 0 || content_type != SSL3_RT_ALERT || length < 2) {
+        return;
+    }
+    if (static_cast<const unsigned char*>(buffer)[1] == SSL_AD_CLOSE_NOTIFY) {
+        static_cast<OpensslSession*>(arg)->close_notify_received_ = true;
+    }
 }
 
 void OpensslSession::record_handshake() {

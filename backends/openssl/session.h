@@ -32,6 +32,8 @@ class OpensslSession final : public TlsSession {
     [[nodiscard]] HandshakeInfo info() const override;
 
     [[nodiscard]] std::uint64_t connection_id() const { return connection_id_; }
+    // The vhost chosen from the client's SNI, or the initial one before the SNI callback.
+    [[nodiscard]] std::size_t vhost_index() const { return vhost_index_; }
     // Records the vhost chosen from the client's SNI (empty sni: none was sent).
     void set_vhost(std::size_t vhost_index, std::string sni);
 
@@ -42,6 +44,9 @@ class OpensslSession final : public TlsSession {
     // Maps the result of an SSL_* call to an IoResult. error_number is errno right after it.
     IoResult result_of(int ret, int error_number, const char* operation);
     void record_handshake();
+    // SSL message callback: notes the client's close_notify alert.
+    static void on_message(int write_p, int version, int content_type, const void* buffer,
+                           std::size_t length, SSL* ssl, void* arg);
 
     SslPtr ssl_;
     std::uint64_t connection_id_;
@@ -49,6 +54,10 @@ class OpensslSession final : public TlsSession {
     std::size_t vhost_index_;
     std::string sni_;
     std::string signature_scheme_;
+    // Set when the client's close_notify arrived. With SSL_OP_IGNORE_UNEXPECTED_EOF, OpenSSL
+    // reports a TCP EOF without close_notify as SSL_ERROR_ZERO_RETURN too, so this flag
+    // distinguishes the two.
+    bool close_notify_received_ = false;
 };
 
 }  // namespace cloister::ossl

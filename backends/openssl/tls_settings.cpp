@@ -1,6 +1,7 @@
 #include "backends/openssl/tls_settings.h"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <string>
 #include <string_view>
@@ -28,18 +29,35 @@ void apply_versions(SSL_CTX* context, const TlsConfig& tls) {
     SSL_CTX_set_max_proto_version(context, protocol_version(tls.max_version));
 }
 
+bool lists_rsa_key_exchange(const SSL_CTX* context) {
+    const STACK_OF(SSL_CIPHER)* ciphers = SSL_CTX_get_ciphers(context);
+    for (int i = 0; i < sk_SSL_CIPHER_num(ciphers); ++i) {
+        if (SSL_CIPHER_get_kx_nid(sk_SSL_CIPHER_value(ciphers, i)) == NID_kx_rsa) {
+            return true;
+        }
+    }
+    return false;
+}
+
 void apply_ciphers(SSL_CTX* context, const Config& config) {
     const TlsConfig& tls = config.tls;
     if (SSL_CTX_set_ciphersuites(context, tls.ciphersuites.c_str()) != 1) {
         throw_setting_error(config, "ciphersuites", tls.ciphersuites,
                             "invalid TLS 1.3 cipher suite list");
     }
-    // The provider has no RSA decryption, so RSA key exchange would fail in the handshake.
-    // It also lacks forward secrecy.
-    const std::string ciphers = tls.ciphers + ":!kRSA";
+    // RSA key exchange lacks forward secrecy, so it stays off unless the config turns it on.
+    const std::string ciphers = tls.rsa_key_exchange ? tls.ciphers : tls.ciphers + ":!kRSA";
     if (SSL_CTX_set_cipher_list(context, ciphers.c_str()) != 1) {
         throw_setting_error(config, "ciphers", tls.ciphers,
-                            "no TLS 1.2 cipher matches (RSA key exchange is always removed)");
+                            tls.rsa_key_exchange
+                                ? "no TLS 1.2 cipher matches"
+                                : "no TLS 1.2 cipher matches (RSA key exchange is removed)");
+    }
+    if (tls.rsa_key_exchange && !lists_rsa_key_exchange(context)) {
+        spdlog::warn(
+            "{}: [tls] rsa-key-exchange is true, but ciphers = \"{}\" contains no RSA key "
+            "exchange suite. Add one such as AES128-GCM-SHA256 to ciphers.",
+            config.source.string(), tls.ciphers);
     }
 }
 

@@ -7,8 +7,8 @@
 
 namespace cloister::ossl {
 
-// Sets the protocol range, TLS 1.3 cipher suites, TLS 1.2 cipher list (always without RSA key
-// exchange), groups, server preference, no renegotiation, no stateful session cache, and the
+// Sets the protocol range, TLS 1.3 cipher suites, TLS 1.2 cipher list (without RSA key
+// exchange unless [tls] rsa-key-exchange is true), groups, server preference, no renegotiation, no stateful session cache, and the
 // write modes the proxy loop relies on. Throws Error(config) naming Config::source, the key
 // and the value that OpenSSL rejects.
 void apply_tls_settings(SSL_CTX* context, const Config& config);

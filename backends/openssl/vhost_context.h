@@ -22,7 +22,7 @@ using SslCtxPtr = Ptr<SSL_CTX, SSL_CTX_free>;
 struct ServedCertificate {
     std::string vhost_name;
     std::string key_name;
-    std::filesystem::path key_file;
+    std::filesystem::path key_file;  // or the URI of a key in a PKCS#11 token, for messages
     std::filesystem::path chain_file;
     std::string where;  // config location of the [[vhost.certificate]]
     std::uint32_t key_index = 0;

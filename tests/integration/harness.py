@@ -1,4 +1,4 @@
-"""Integration-test harness: a test PKI, plaintext backends, the real daemon and TLS clients.
+r"""Integration-test harness: a test PKI, plaintext backends, the real daemon and TLS clients.
 
 Every test module in this folder imports this file. It needs Python 3.11 (standard library
 only), the openssl, curl, gnutls-cli and ps commands, and the paths of the binaries under test
@@ -17,25 +17,48 @@ Backends. ``HttpBackend`` (fixed body), ``EchoBackend`` and ``EofBackend`` (read
 client half-closes, then replies) run in threads on TCP ("127.0.0.1", "::1") or on a Unix
 socket (``unix_path=``). ``backend.address`` is the string for a vhost's ``backend`` key.
 
+Sandbox. Run as root, every config that ``write_config`` or ``Daemon`` writes from a dict gets
+a [sandbox] table, so every test runs with every sandbox layer on. The table names two users
+of its own, which sandbox_users.py creates and deletes at exit, and ``empty_root()`` as the
+chroot. Keys that a test writes in its own ``sandbox`` table win. ``Daemon.sandbox_users`` names the pair of that
+daemon (None when not root), for example to hand token files to the key user.
+
 Configuration. ``config(vhosts, keys)`` builds a config as nested dicts, with short timeouts
 suited to tests; ``vhost(...)`` builds one [[vhost]] table. ``to_toml`` writes any such dict
 (tables, arrays of tables, strings, integers, booleans, lists). A ``None`` value omits the key.
 
 Daemon. ``Daemon(config_dict_or_text, listen=("127.0.0.1", "::1"))`` writes the config into a
-private folder, gives each listener host a free port, starts cloister in its own process
-group, and waits up to 20 s for the "started" log line (raising ``DaemonError`` with the log
-otherwise). It exposes ``pid``, ``port`` and ``ports``, ``log`` (stderr and stdout),
-``wait_for_log``, ``connection_records`` (parsed "connection closed:" lines), ``processes``
-and ``children`` (from ``ps``), ``key_pid``, ``key_stats`` (SIGUSR1) and
-``assert_no_zombies``. ``stop()`` sends SIGTERM, checks the exit status and checks that no
-child outlives the supervisor. Leaving the ``with`` block, or ``close()``, kills the process
-group and removes the folder.
+private folder and gives each listener host (default: 127.0.0.1 only) a free port. It starts
+cloister in its own process group and waits up to 20 s for the "started" log line, or raises
+``DaemonError`` with the log. It exposes ``pid``, ``port`` and ``ports``, ``log``
+(stderr and stdout), ``log_mark``, ``wait_for_log``, ``connection_records`` and
+``wait_for_record`` (parsed "connection closed:" lines), ``processes`` and ``children`` (from
+``ps``), ``key_pid``, ``key_stats`` (SIGUSR1) and ``assert_no_zombies``. ``stop()`` sends
+SIGTERM, checks the exit status and checks that no child outlives the supervisor. Leaving
+the ``with`` block, or ``close()``, kills the process group and removes the folder.
 
 Clients. ``s_client`` (openssl s_client, parsed into ``SClientResult``), ``curl``,
-``gnutls_cli`` and ``tls_request`` (Python ssl). Each takes a request to send and returns the
-bytes received.
+``gnutls_cli``, ``botan_tls_client`` (Botan's CLI, parsed into ``BotanResult``) and
+``tls_request`` (Python ssl, optionally half-closing with close_notify). Each sends a request
+and returns the bytes received. ``tls_connect`` returns an open
+``ssl.SSLSocket`` for tests that hold a connection. ``standard_cipher_name`` maps OpenSSL
+cipher names to the IANA names that the daemon logs.
 
-Every subprocess runs with a timeout. Temporary folders are removed when the process exits.
+A typical test:
+
+    with harness.HttpBackend(b"hello\n") as backend:
+        pki = harness.pki()
+        document = harness.config(
+            [harness.vhost(["www.example.test"], backend, pki.rsa, default=True)], [pki.rsa])
+        with harness.Daemon(document) as daemon:
+            mark = daemon.log_mark()
+            result = harness.curl(f"https://www.example.test:{daemon.port}/",
+                                  resolve=[f"www.example.test:{daemon.port}:127.0.0.1"])
+            assert result.stdout == b"hello\n"
+            assert daemon.wait_for_record(mark, sni="www.example.test")["result"] == "ok"
+
+Every client command and every wait has a timeout. Temporary folders are removed when the
+test process exits.
 """
 
 from __future__ import annotations
@@ -58,6 +81,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import sandbox_users
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT = 20.0  # seconds for one client command or one wait
@@ -88,6 +113,9 @@ def run_dir() -> Path:
     global _run_dir
     if _run_dir is None:
         _run_dir = Path(tempfile.mkdtemp(prefix="cloister-it-"))
+        # Traversable by all, so that processes that dropped root can reach Unix sockets
+        # here. Listing stays private, and key files keep mode 0600.
+        _run_dir.chmod(0o711)
         atexit.register(shutil.rmtree, _run_dir, ignore_errors=True)
     return _run_dir
 
@@ -369,8 +397,9 @@ def format_address(host: str, port: int) -> str:
 class Backend:
     """A plaintext stream server in threads, on TCP or on a Unix socket.
 
-    Subclasses implement ``serve(connection)``; the base class closes the connection after it.
-    ``requests`` collects what each subclass records as received, in arrival order.
+    Subclasses implement ``serve(connection)``, and the base class closes the connection
+    after it returns. ``requests`` collects what each subclass records as received, in
+    arrival order.
     """
 
     def __init__(self, host: str = "127.0.0.1", unix_path: str | Path | None = None):
@@ -428,6 +457,8 @@ class Backend:
             self.unix_path.unlink(missing_ok=True)
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(str(self.unix_path))
+            # A connection process may run as an unprivileged user (see run_dir).
+            self.unix_path.chmod(0o666)
             return listener
         listener = socket.socket(_family(self.host), socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -498,11 +529,11 @@ class EchoBackend(Backend):
     """A backend that sends back every byte it receives and half-closes after the client's EOF."""
 
     def serve(self, connection: socket.socket) -> None:
-        received = b""
+        received = bytearray()
         while chunk := connection.recv(65536):
             received += chunk
             connection.sendall(chunk)
-        self.record(received)
+        self.record(bytes(received))
         connection.shutdown(socket.SHUT_WR)
 
 
@@ -517,11 +548,11 @@ class EofBackend(Backend):
         self.reply = reply or (lambda data: f"received {len(data)} bytes\n".encode())
 
     def serve(self, connection: socket.socket) -> None:
-        received = b""
+        received = bytearray()
         while chunk := connection.recv(65536):
             received += chunk
-        self.record(received)
-        connection.sendall(self.reply(received))
+        self.record(bytes(received))
+        connection.sendall(self.reply(bytes(received)))
         connection.shutdown(socket.SHUT_WR)
 
 
@@ -610,16 +641,22 @@ def vhost(server_names: Sequence[str], backend: Backend | str, *certs: Cert,
     }
 
 
+TLS_BACKENDS = ("openssl", "botan")  # the values of [server] tls-backend
+
+
 def config(vhosts: Sequence[Mapping[str, Any]], keys: Iterable[Cert], *,
-           log_level: str = "debug", **sections: Mapping[str, Any]) -> dict[str, Any]:
+           log_level: str = "debug", tls_backend: str = "openssl",
+           **sections: Mapping[str, Any]) -> dict[str, Any]:
     """Return a complete config for ``vhosts`` with a [[key]] for each of ``keys``.
+
+    ``tls_backend`` is the TLS stack, one of TLS_BACKENDS.
 
     Listeners are left out because Daemon adds them with free ports. Each keyword argument
     in ``sections`` is merged into the section of that name, written with underscores for
     dashes (``key_process`` for [key-process]). A None value in it removes that key.
     """
     document: dict[str, Any] = {
-        "server": {"tls-backend": "openssl", "log-level": log_level},
+        "server": {"tls-backend": tls_backend, "log-level": log_level},
         "limits": {
             "spare-children": 2,
             "handshake-timeout": "5s",
@@ -639,10 +676,37 @@ def config(vhosts: Sequence[Mapping[str, Any]], keys: Iterable[Cert], *,
     return document
 
 
+def empty_root() -> Path:
+    """Return the chroot directory of the tests: empty, owned by root, mode 0755."""
+    path = run_dir() / "empty-root"
+    if not path.is_dir():
+        path.mkdir()
+        path.chmod(0o755)
+    return path
+
+
+def with_sandbox(document: Mapping[str, Any] | str,
+                 users: sandbox_users.UserPair | None = None) -> Mapping[str, Any] | str:
+    """Return ``document`` with the [sandbox] users and root directory filled in where missing.
+
+    Only as root, and only for dicts; ``users`` defaults to this process's default pair.
+    """
+    if isinstance(document, str) or not sandbox_users.running_as_root():
+        return document
+    users = users or sandbox_users.POOL.default()
+    section = {"network-user": users.network, "key-user": users.key,
+               "root-directory": str(empty_root())}
+    return {**document, "sandbox": {**section, **document.get("sandbox", {})}}
+
+
 def write_config(folder: Path, document: Mapping[str, Any] | str,
                  name: str = "cloister.toml") -> Path:
-    """Write ``document`` (dict or TOML text) to folder/name and return the path."""
+    """Write ``document`` (dict or TOML text) to folder/name and return the path.
+
+    A dict gets the sandbox settings of ``with_sandbox``.
+    """
     path = folder / name
+    document = with_sandbox(document)
     path.write_text(document if isinstance(document, str) else to_toml(document))
     return path
 
@@ -740,6 +804,10 @@ def _close_live_daemons() -> None:
         daemon.close()
 
 
+# The users of the sandbox are deleted at exit, after the daemons that run as them.
+sandbox_users.POOL.before_deleting(_close_live_daemons)
+
+
 class Daemon:
     """The cloister daemon under test, in its own folder and process group.
 
@@ -761,6 +829,9 @@ class Daemon:
         self.ports: dict[str, int] = {}
         self.process: subprocess.Popen | None = None
         self._known_children: dict[int, str] = {}
+        self.sandbox_users: sandbox_users.UserPair | None = None
+        if sandbox_users.running_as_root():
+            self.sandbox_users = sandbox_users.POOL.take()
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -813,6 +884,9 @@ class Daemon:
         """Kill the process group and any remembered child, and remove the folder."""
         self._kill_group()
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self.sandbox_users is not None:
+            sandbox_users.POOL.give_back(self.sandbox_users)
+            self.sandbox_users = None
 
     def __enter__(self) -> Daemon:
         return self.start()
@@ -909,7 +983,7 @@ class Daemon:
 
     def wait_for_children(self, predicate: Callable[[list[Process]], bool],
                           timeout: float = DEFAULT_TIMEOUT) -> list[Process]:
-        """Poll ``children()`` until ``predicate`` holds and return that list."""
+        """Poll ``children()`` until ``predicate`` returns True and return that list."""
         deadline = time.monotonic() + timeout
         while True:
             children = self.children()
@@ -962,7 +1036,7 @@ class Daemon:
             listeners = [{"address": format_address(host, port)}
                          for host, port in self.ports.items()]
             document = {**document, "listener": listeners}
-        write_config(self.folder, document)
+        write_config(self.folder, with_sandbox(document, self.sandbox_users))
 
     def _spawn(self) -> None:
         argv = [binary("CLOISTER_BIN", "cloister"), "--config", str(self.config_path),
@@ -1024,7 +1098,7 @@ HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
 
 
 def http_request(host: str) -> bytes:
-    """Return a minimal HTTP/1.1 GET / request for ``host`` that asks to close."""
+    """Return a minimal HTTP/1.1 GET / request for ``host`` with "Connection: close"."""
     return HTTP_REQUEST % host.encode()
 
 
@@ -1032,7 +1106,7 @@ def http_request(host: str) -> bytes:
 class SClientResult:
     """The outcome of one ``openssl s_client`` run.
 
-    ``stdout`` holds the handshake report and the application data in one stream, because
+    ``stdout`` contains the handshake report and the application data in one stream, because
     s_client writes both there; ``text`` is stdout and stderr decoded.
     """
 
@@ -1094,7 +1168,8 @@ def standard_cipher_name(openssl_name: str) -> str:
     """Return the IANA name of the cipher that OpenSSL calls ``openssl_name``.
 
     "ECDHE-RSA-AES256-GCM-SHA384" gives "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384". TLS 1.3
-    suites have the same name in both. Raises ValueError when ``openssl ciphers`` does not know the name.
+    suites have the same name in both. Raises ValueError when ``openssl ciphers`` does not
+    list the name.
     """
     result = run(["openssl", "ciphers", "-stdname", "ALL:COMPLEMENTOFALL"], timeout=10)
     for line in result.stdout.decode().splitlines():
@@ -1190,6 +1265,112 @@ def gnutls_cli(port: int, *, host: str = "127.0.0.1", servername: str | None = N
 
 
 @dataclasses.dataclass
+class BotanResult:
+    """The outcome of one ``botan tls_client`` run.
+
+    Botan's CLI writes its handshake report and the application data to stdout, so
+    ``stdout`` holds both. ``protocol`` and ``cipher`` come from the "Handshake complete"
+    line, ``alpn`` from the "Server choose protocol" line.
+    """
+
+    argv: list[str]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("latin-1") + self.stderr.decode("latin-1")
+
+    def _field(self, pattern: str) -> str | None:
+        match = re.search(pattern, self.text, re.MULTILINE)
+        return match.group(1) if match else None
+
+    @property
+    def protocol(self) -> str | None:
+        """"TLS v1.2" as Botan names it."""
+        return self._field(r"^Handshake complete, (TLS v[\d.]+) using ")
+
+    @property
+    def cipher(self) -> str | None:
+        """The IANA name without "TLS_", as "ECDHE_RSA_WITH_AES_256_GCM_SHA384"."""
+        return self._field(r"^Handshake complete, TLS v[\d.]+ using (\S+)")
+
+    @property
+    def alpn(self) -> str | None:
+        return self._field(r"^Server choose protocol: (\S+)")
+
+    def describe(self) -> str:
+        return f"$ {' '.join(self.argv)}\nexit status {self.returncode}\n{self.text}"
+
+
+def botan_tls_client(port: int, *, host: str = "localhost", request: bytes = b"",
+                     expect: bytes = b"", cafile: Path | None = None,
+                     next_protocols: Sequence[str] = (), policy: str | None = None,
+                     timeout: float = DEFAULT_TIMEOUT) -> BotanResult:
+    """Run Botan's CLI ``botan tls_client`` against host:port and send ``request``.
+
+    The CLI connects to ``host`` and sends it as SNI, so the test certificates' "localhost"
+    is the usual choice. It closes the connection as soon as its standard input ends, so
+    standard input stays open until ``expect`` has arrived on stdout, the client exits, or
+    ``timeout`` seconds pass. ``policy`` is the text of a Botan TLS policy file.
+    """
+    argv = ["botan", "tls_client", host, f"--port={port}",
+            f"--trusted-cas={cafile or pki().ca_file}", "--skip-system-cert-store"]
+    if next_protocols:
+        argv.append("--next-protocols=" + ",".join(next_protocols))
+    if policy is not None:
+        policy_file = Path(tempfile.mkstemp(prefix="botan-policy-", dir=run_dir())[1])
+        policy_file.write_text(policy)
+        argv.append(f"--policy={policy_file}")
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    output = _BotanOutput(process)
+    try:
+        process.stdin.write(request)
+        process.stdin.flush()
+        output.wait_for(expect, time.monotonic() + timeout)
+        process.stdin.close()
+        process.wait(timeout=max(1.0, timeout / 4))
+    except (subprocess.TimeoutExpired, BrokenPipeError):
+        process.kill()
+        process.wait(timeout=10)
+    stdout, stderr = output.finish()
+    return BotanResult(argv, process.returncode, stdout, stderr)
+
+
+class _BotanOutput:
+    """Collects a process's stdout and stderr in threads while the caller waits."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self._threads = [
+            threading.Thread(target=self._drain, args=(process.stdout, self.stdout), daemon=True),
+            threading.Thread(target=self._drain, args=(process.stderr, self.stderr), daemon=True),
+        ]
+        self._process = process
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _drain(stream: Any, sink: bytearray) -> None:
+        while chunk := stream.read1(65536):
+            sink.extend(chunk)
+
+    def wait_for(self, expect: bytes, deadline: float) -> None:
+        while expect not in self.stdout and self._process.poll() is None:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
+    def finish(self) -> tuple[bytes, bytes]:
+        for thread in self._threads:
+            thread.join(timeout=10)
+        return bytes(self.stdout), bytes(self.stderr)
+
+
+@dataclasses.dataclass
 class TlsResult:
     """What the Python ssl client saw: bytes received and the negotiated parameters.
 
@@ -1236,8 +1417,8 @@ def tls_request(port: int, request: bytes, *, host: str = "127.0.0.1",
     """Send ``request`` over a verified TLS connection and read until the server closes.
 
     With ``half_close`` the client sends close_notify after the request and keeps reading,
-    which TLS 1.3 defines (RFC 8446 section 6.1) and OpenSSL also allows in TLS 1.2. Reading
-    and writing interleave, so a request of any size cannot deadlock against an echo.
+    which TLS 1.3 defines (RFC 8446 section 6.1) and OpenSSL 3.0 also allows in TLS 1.2.
+    Reading and writing interleave, so a request of any size cannot deadlock against an echo.
     Raises ssl.SSLError when the handshake fails and TimeoutError after ``timeout`` seconds.
     """
     exchange = _TlsExchange(tls_context(cafile, version), server_hostname, timeout)
@@ -1255,6 +1436,8 @@ class _TlsExchange:
         self.outgoing = ssl.MemoryBIO()
         self.tls = context.wrap_bio(self.incoming, self.outgoing,
                                     server_hostname=server_hostname)
+        self.description = f"TLS exchange with {server_hostname}"
+        self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.pending = bytearray()  # TLS records not yet accepted by the socket
         self.received = bytearray()
@@ -1276,6 +1459,8 @@ class _TlsExchange:
             self.pending += self.outgoing.read()
             self._transfer(raw, want_read=True)
             self._read_plaintext()
+        if self.close_notify and not shut_down:
+            self._answer_close_notify(raw)
         return TlsResult(bytes(self.received), self.tls.version() or "",
                          (self.tls.cipher() or ("",))[0], self.tls.getpeercert() or {},
                          self.close_notify)
@@ -1295,7 +1480,7 @@ class _TlsExchange:
         """Wait until the socket is ready, then send pending records and read new ones."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError("TLS exchange timed out")
+            raise TimeoutError(f"{self.description} timed out after {self.timeout} s")
         writers = [raw] if self.pending else []
         readable, writable, _ = select.select([raw] if want_read else [], writers, [],
                                               remaining)
@@ -1310,6 +1495,8 @@ class _TlsExchange:
                 self.incoming.write_eof()
 
     def _read_plaintext(self) -> None:
+        # SSLObject.read returns b"" for a close_notify that arrives before ours was sent,
+        # and raises SSLZeroReturnError for one that arrives after.
         while True:
             try:
                 piece = self.tls.read(65536)
@@ -1323,6 +1510,14 @@ class _TlsExchange:
                 self.finished = True
                 return
             if not piece:
+                self.close_notify = True
                 self.finished = True
                 return
             self.received += piece
+
+    def _answer_close_notify(self, raw: socket.socket) -> None:
+        """Send our close_notify before closing, as RFC 8446 section 6.1 requires of each side."""
+        self.tls.unwrap()
+        self.pending += self.outgoing.read()
+        while self.pending:
+            self._transfer(raw, want_read=False)

@@ -217,6 +217,11 @@ class ProcessTitleTest(unittest.TestCase):
         keys = [p for p in children if p.title == "cloister: key"]
         self.assertEqual(len(keys), 1, children)
 
+    def test_every_child_titled_by_role(self):
+        role = re.compile(r"^cloister: (key|connection \(spare\)|connection \d+ \S+)$")
+        for child in self.daemon.children():
+            self.assertRegex(child.title, role)
+
     def test_spare_connection_titles(self):
         children = self.daemon.wait_for_children(lambda c: len(self.spares(c)) == self.SPARES)
         self.assertEqual(len(self.spares(children)), self.SPARES)
@@ -238,7 +243,7 @@ class ProcessTitleTest(unittest.TestCase):
             lambda c: live[0].pid not in {p.pid for p in c}
             and len(self.spares(c)) == self.SPARES)
 
-    def test_sigusr1_to_supervisor_reaches_key_process(self):
+    def test_sigusr1_forwarded_to_key_process(self):
         mark = self.daemon.log_mark()
         self.daemon.process.send_signal(signal.SIGUSR1)
         match = self.daemon.wait_for_log(r"key process stats: channels=\d+ signatures=\d+ "

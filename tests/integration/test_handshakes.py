@@ -14,7 +14,14 @@ UNIX_BODY = b"cloister handshake matrix: Unix socket backend\n"
 
 
 class HandshakeMatrixTest(unittest.TestCase):
-    """One daemon with a vhost per key type, all proxying to HTTP backends."""
+    """One daemon with a vhost per key type, all proxying to HTTP backends.
+
+    test_backends.py runs the same cases against tls_backend "botan".
+    """
+
+    tls_backend = "openssl"
+    # Botan 2.19 has no Ed25519 in TLS, so its subclass leaves that vhost out.
+    serves_ed25519 = True
 
     @classmethod
     def setUpClass(cls):
@@ -29,12 +36,15 @@ class HandshakeMatrixTest(unittest.TestCase):
                           default=True),
             harness.vhost(["p256.example.test"], cls.backend, pki.p256),
             harness.vhost(["p384.example.test"], cls.backend, pki.p384),
-            harness.vhost(["ed25519.example.test"], cls.backend, pki.ed25519),
             harness.vhost(["unix.example.test"], cls.unix_backend, pki.p256),
         ]
-        keys = [pki.rsa, pki.p256, pki.p384, pki.ed25519]
+        keys = [pki.rsa, pki.p256, pki.p384]
+        if cls.serves_ed25519:
+            vhosts.append(harness.vhost(["ed25519.example.test"], cls.backend, pki.ed25519))
+            keys.append(pki.ed25519)
         listen = ["127.0.0.1"] + (["::1"] if harness.ipv6_loopback_available() else [])
-        cls.daemon = harness.Daemon(harness.config(vhosts, keys), listen=listen)
+        cls.daemon = harness.Daemon(harness.config(vhosts, keys, tls_backend=cls.tls_backend),
+                                    listen=listen)
         cls.addClassCleanup(cls.daemon.close)
         cls.daemon.start()
 
@@ -101,7 +111,7 @@ class HandshakeMatrixTest(unittest.TestCase):
                              "SHA384", "ecdsa_secp384r1_sha384")
 
     def test_ed25519_tls13(self):
-        # s_client prints no "Peer signing digest" line for Ed25519 (RFC 8032, no prehash).
+        # s_client prints no "Peer signing digest" line for Ed25519, which hashes internally.
         self.check_handshake("ed25519.example.test", "1.3", None, "TLSv1.3", "ed25519", None,
                              "ed25519")
 
@@ -128,6 +138,7 @@ class HandshakeMatrixTest(unittest.TestCase):
         self.assertEqual(result.stdout, self.backend.response, details)
 
     def test_python_ssl_tls12(self):
+        mark = self.daemon.log_mark()
         request = harness.http_request("p256.example.test")
         result = harness.tls_request(self.daemon.port, request,
                                      server_hostname="p256.example.test", version="1.2")
@@ -135,8 +146,11 @@ class HandshakeMatrixTest(unittest.TestCase):
         self.assertTrue(result.cipher.startswith("ECDHE-ECDSA-"), result.cipher)
         self.assertEqual(result.data, self.backend.response)
         self.assertTrue(result.close_notify)
+        record = self.daemon.wait_for_record(mark, sni="p256.example.test")
+        self.assertEqual(record.get("protocol"), "TLSv1.2", record)
+        self.assertEqual(record.get("result"), "ok", record)
 
-    def test_rsa_key_exchange_refused(self):
+    def test_rsa_key_exchange_rejected(self):
         mark = self.daemon.log_mark()
         connections_before = self.backend.connections
         result = harness.s_client(self.daemon.port, servername="rsa.example.test",
@@ -206,20 +220,20 @@ class HandshakeMatrixTest(unittest.TestCase):
 class RsaKeyExchangeConfigTest(unittest.TestCase):
     """A cipher list that names RSA key exchange still gets no RSA key exchange."""
 
-    def test_listed_rsa_cipher_refused(self):
+    def test_listed_rsa_cipher_rejected(self):
         pki = harness.pki()
         with harness.HttpBackend(HTTP_BODY) as backend:
             document = harness.config(
                 [harness.vhost(["www.example.test"], backend, pki.rsa, default=True)],
                 [pki.rsa], tls={"ciphers": "ECDHE+AESGCM:AES128-GCM-SHA256"})
             with harness.Daemon(document) as daemon:
-                refused = harness.s_client(daemon.port, servername="www.example.test",
-                                           version="1.2", cipher="AES128-GCM-SHA256")
+                rejected = harness.s_client(daemon.port, servername="www.example.test",
+                                            version="1.2", cipher="AES128-GCM-SHA256")
                 accepted = harness.s_client(daemon.port, servername="www.example.test",
                                             version="1.2",
                                             request=harness.http_request("www.example.test"))
-            self.assertNotEqual(refused.returncode, 0, refused.describe())
-            self.assertIsNone(refused.protocol, refused.describe())
+            self.assertNotEqual(rejected.returncode, 0, rejected.describe())
+            self.assertIsNone(rejected.protocol, rejected.describe())
             self.assertEqual(accepted.returncode, 0, accepted.describe())
             self.assertRegex(accepted.cipher or "", r"^ECDHE-RSA-", accepted.describe())
             self.assertEqual(backend.connections, 1)

@@ -118,6 +118,7 @@ TEST(ConfigDefaults, MinimalConfig) {
     EXPECT_EQ(config.limits.drain_timeout, milliseconds(30'000));
     EXPECT_EQ(config.tls.missing_sni, SniMismatch::use_default);
     EXPECT_TRUE(config.tls.prefer_server_ciphers);
+    EXPECT_FALSE(config.tls.rsa_key_exchange);
     EXPECT_EQ(config.key_process.max_operations_per_channel, 1U);
     EXPECT_TRUE(config.vhosts[0].is_default);
     EXPECT_FALSE(config.vhosts[0].default_explicit);
@@ -136,6 +137,7 @@ log-level = "warning"
 min-version = "1.3"
 ciphers = "ECDHE+AESGCM"
 prefer-server-ciphers = false
+rsa-key-exchange = true
 unknown-sni = "reject"
 missing-sni = "reject"
 
@@ -154,6 +156,7 @@ max-operations-per-channel = 64
     EXPECT_EQ(config.tls.min_version, TlsVersion::tls1_3);
     EXPECT_EQ(config.tls.ciphers, "ECDHE+AESGCM");
     EXPECT_FALSE(config.tls.prefer_server_ciphers);
+    EXPECT_TRUE(config.tls.rsa_key_exchange);
     EXPECT_EQ(config.tls.unknown_sni, SniMismatch::reject);
     EXPECT_EQ(config.tls.missing_sni, SniMismatch::reject);
     EXPECT_EQ(config.limits.spare_children, 0U);
@@ -246,7 +249,7 @@ TEST(ConfigErrors, UnknownKey) {
 TEST(ConfigErrors, UnknownTopLevelKey) {
     EXPECT_EQ(error_of(with("[limit]\nspare-children = 4\n")),
               "cloister.toml:15:2: unknown key 'limit' at the top level; expected one of: "
-              "server, listener, tls, limits, key-process, key, vhost");
+              "server, listener, tls, limits, key-process, key, vhost, sandbox");
 }
 
 TEST(ConfigErrors, UnknownKeyInCertificate) {
@@ -260,7 +263,7 @@ TEST(ConfigErrors, FirstUnknownKeyReported) {
     EXPECT_EQ(error_of(with("[tls]\nzeta = 1\nalpha = 2\n")),
               "cloister.toml:16:1: unknown key 'zeta' in [tls]; expected one of: min-version, "
               "max-version, ciphersuites, ciphers, groups, prefer-server-ciphers, unknown-sni, "
-              "missing-sni");
+              "missing-sni, rsa-key-exchange, alpn-mismatch");
 }
 
 TEST(ConfigErrors, WrongType) {
@@ -270,6 +273,8 @@ TEST(ConfigErrors, WrongType) {
     EXPECT_EQ(error_of(with("[tls]\nprefer-server-ciphers = \"yes\"\n")),
               "cloister.toml:16:25: tls.prefer-server-ciphers: expected true or false, got "
               "\"yes\"");
+    EXPECT_EQ(error_of(with("[tls]\nrsa-key-exchange = 1\n")),
+              "cloister.toml:16:20: tls.rsa-key-exchange: expected true or false, got 1");
 }
 
 TEST(ConfigErrors, SectionOfWrongType) {
@@ -322,12 +327,82 @@ TEST(ConfigErrors, UnknownChoice) {
               "or \"error\", got \"verbose\"");
 }
 
-TEST(ConfigErrors, BotanRejected) {
-    EXPECT_EQ(error_of(with("[server]\ntls-backend = \"botan\"\n")),
-              "cloister.toml:16:15: server.tls-backend: \"botan\" is not available in this "
-              "build; expected \"openssl\", the only TLS stack it supports for now");
+TEST(ConfigErrors, UnknownTlsBackend) {
     EXPECT_EQ(error_of(with("[server]\ntls-backend = \"gnutls\"\n")),
-              "cloister.toml:16:15: server.tls-backend: expected \"openssl\", got \"gnutls\"");
+              "cloister.toml:16:15: server.tls-backend: expected \"openssl\" or \"botan\", got "
+              "\"gnutls\"");
+}
+
+TEST(ConfigBotan, VersionRangeEndsAtTls12) {
+    const Config botan = parse_config(with("[server]\ntls-backend = \"botan\"\n"), "c.toml");
+    EXPECT_EQ(botan.server.tls_backend, "botan");
+    EXPECT_EQ(botan.tls.min_version, TlsVersion::tls1_2);
+    EXPECT_EQ(botan.tls.max_version, TlsVersion::tls1_2);
+    const Config openssl = parse_config(with("[server]\ntls-backend = \"openssl\"\n"), "c.toml");
+    EXPECT_EQ(openssl.tls.max_version, TlsVersion::tls1_3);
+    const Config explicit_12 = parse_config(
+        with("[server]\ntls-backend = \"botan\"\n[tls]\nmax-version = \"1.2\"\n"), "c.toml");
+    EXPECT_EQ(explicit_12.tls.max_version, TlsVersion::tls1_2);
+}
+
+TEST(ConfigBotan, Tls13Rejected) {
+    const std::string problem =
+        "\"1.3\" needs TLS 1.3, and tls-backend \"botan\" (Botan 2.19) speaks TLS 1.2 only; "
+        "expected \"1.2\", or tls-backend = \"openssl\" for TLS 1.3";
+    EXPECT_EQ(error_of(with("[server]\ntls-backend = \"botan\"\n[tls]\nmax-version = \"1.3\"\n")),
+              "cloister.toml:18:15: tls.max-version: " + problem);
+    EXPECT_EQ(error_of(with("[server]\ntls-backend = \"botan\"\n[tls]\nmin-version = \"1.3\"\n")),
+              "cloister.toml:18:15: tls.min-version: " + problem);
+}
+
+// Returns kMinimal with line inserted into the [[vhost]] table, as line 11.
+std::string with_vhost_line(std::string_view line) {
+    std::string text(kMinimal);
+    const std::string_view anchor = "backend = \"127.0.0.1:8080\"\n";
+    text.insert(text.find(anchor) + anchor.size(), std::string(line) + "\n");
+    return text;
+}
+
+TEST(ConfigAlpn, ProtocolsKeepTheirOrder) {
+    const Config config =
+        parse_config(with_vhost_line(R"(alpn = ["h2", "http/1.1"])"), "cloister.toml");
+    EXPECT_EQ(config.vhosts.at(0).alpn, (std::vector<std::string>{"h2", "http/1.1"}));
+    EXPECT_EQ(config.tls.alpn_mismatch, AlpnMismatch::continue_without_alpn);
+    const Config none = parse_config(kMinimal, "cloister.toml");
+    EXPECT_TRUE(none.vhosts.at(0).alpn.empty());
+}
+
+TEST(ConfigAlpn, MismatchPolicy) {
+    const Config reject = parse_config(with("[tls]\nalpn-mismatch = \"reject\"\n"), "c.toml");
+    EXPECT_EQ(reject.tls.alpn_mismatch, AlpnMismatch::reject);
+    const Config proceed = parse_config(with("[tls]\nalpn-mismatch = \"continue\"\n"), "c.toml");
+    EXPECT_EQ(proceed.tls.alpn_mismatch, AlpnMismatch::continue_without_alpn);
+    EXPECT_EQ(error_of(with("[tls]\nalpn-mismatch = \"ignore\"\n")),
+              "cloister.toml:16:17: tls.alpn-mismatch: expected \"continue\" or \"reject\", got "
+              "\"ignore\"");
+}
+
+TEST(ConfigAlpn, InvalidNamesRejected) {
+    const std::string expected =
+        "expected a protocol name of 1 to 255 bytes such as \"h2\" or \"http/1.1\"";
+    EXPECT_EQ(error_of(with_vhost_line(R"(alpn = ["h2", 7])")),
+              "cloister.toml:11:15: vhost[0].alpn[1]: " + expected + ", got 7");
+    EXPECT_EQ(error_of(with_vhost_line(R"(alpn = [""])")),
+              "cloister.toml:11:9: vhost[0].alpn[0]: " + expected + ", got 0 bytes");
+    const std::string long_name(256, 'a');
+    EXPECT_EQ(error_of(with_vhost_line("alpn = [\"" + long_name + "\"]")),
+              "cloister.toml:11:9: vhost[0].alpn[0]: " + expected + ", got 256 bytes");
+    EXPECT_EQ(error_of(with_vhost_line(R"(alpn = ["h2", "h2"])")),
+              "cloister.toml:11:15: vhost[0].alpn[1]: \"h2\" is listed twice; expected each "
+              "protocol once");
+    EXPECT_EQ(error_of(with_vhost_line(R"(alpn = "h2")")),
+              "cloister.toml:11:8: vhost[0].alpn: expected an array, got \"h2\"");
+}
+
+TEST(ConfigAlpn, LongestNameAccepted) {
+    const std::string name(255, 'a');
+    const Config config = parse_config(with_vhost_line("alpn = [\"" + name + "\"]"), "c.toml");
+    EXPECT_EQ(config.vhosts.at(0).alpn, std::vector<std::string>{name});
 }
 
 TEST(ConfigErrors, EmptyOrControlString) {
@@ -704,6 +779,186 @@ TEST(ConfigLoad, MissingFile) {
 TEST(SourceLocationFormat, FileLineColumn) {
     const SourceLocation where{"cloister.toml", 12, 19};
     EXPECT_EQ(where.to_string(), "cloister.toml:12:19");
+}
+
+// --- keys in PKCS#11 tokens ----------------------------------------------------------------
+
+// kMinimal plus a second [[key]] named "token" (from line 16) with the given lines.
+std::string with_token_key(std::string_view lines) {
+    return with("\n[[key]]\nname = \"token\"\n" + std::string(lines));
+}
+
+TEST(ConfigTokenKey, ReadsUriModuleAndPinFile) {
+    const Config config = parse_config(
+        with_token_key("uri = \"pkcs11:token=web;object=www;type=private\"\n"
+                       "module = \"/usr/lib/softhsm/libsofthsm2.so\"\npin-file = \"pin\"\n"),
+        "/etc/cloister/cloister.toml");
+    ASSERT_EQ(config.keys.size(), 2U);
+    const KeyConfig& key = config.keys[1];
+    EXPECT_TRUE(key.in_token());
+    EXPECT_FALSE(config.keys[0].in_token());
+    EXPECT_EQ(key.uri, "pkcs11:token=web;object=www;type=private");
+    EXPECT_EQ(key.module, "/usr/lib/softhsm/libsofthsm2.so");
+    EXPECT_EQ(key.pin_file, std::filesystem::path("/etc/cloister/pin"));
+    EXPECT_TRUE(key.file.empty());
+}
+
+TEST(ConfigTokenKey, ModuleFromKeyProcessOrUri) {
+    const Config global = parse_config(
+        with_token_key("uri = \"pkcs11:object=www\"\npin-file = \"/p\"\n"
+                       "[key-process]\npkcs11-module = \"/lib/global.so\"\n"),
+        "/etc/cloister/cloister.toml");
+    EXPECT_EQ(global.key_process.pkcs11_module, std::filesystem::path("/lib/global.so"));
+    EXPECT_EQ(global.keys[1].module, "/lib/global.so");
+
+    const Config from_uri = parse_config(
+        with_token_key("uri = \"pkcs11:object=www?module-path=/lib/uri.so\"\n"
+                       "pin-file = \"/p\"\n[key-process]\npkcs11-module = \"/lib/global.so\"\n"),
+        "/etc/cloister/cloister.toml");
+    EXPECT_EQ(from_uri.keys[1].module, "/lib/uri.so");
+}
+
+TEST(ConfigTokenKey, PinSourceAndPinValueFromUri) {
+    const Config source = parse_config(
+        with_token_key("uri = \"pkcs11:object=www?pin-source=file:secrets/pin\"\n"
+                       "module = \"/m.so\"\n"),
+        "/etc/cloister/cloister.toml");
+    EXPECT_EQ(source.keys[1].pin_file, std::filesystem::path("/etc/cloister/secrets/pin"));
+
+    const Config value = parse_config(
+        with_token_key("uri = \"pkcs11:object=www?pin-value=1234\"\nmodule = \"/m.so\"\n"),
+        "cloister.toml");
+    EXPECT_FALSE(value.keys[1].pin_file);
+    EXPECT_EQ(value.keys[1].uri, "pkcs11:object=www?pin-value=1234");
+}
+
+TEST(ConfigTokenKey, RejectsFileWithUri) {
+    EXPECT_EQ(error_of(with_token_key("file = \"k.pem\"\nuri = \"pkcs11:object=a\"\n")),
+              "cloister.toml:19:7: key[1].uri: file and uri are both set; expected file for a "
+              "key file or uri for a key in a PKCS#11 token");
+}
+
+TEST(ConfigTokenKey, RejectsKeysOfTheOtherKind) {
+    EXPECT_EQ(error_of(with_token_key("file = \"k.pem\"\npin-file = \"pin\"\n")),
+              "cloister.toml:19:12: key[1].pin-file: applies only to a key with a uri");
+    EXPECT_EQ(error_of(with_token_key("uri = \"pkcs11:object=a?pin-value=1\"\nmodule = "
+                                      "\"/m.so\"\npassphrase-file = \"p\"\n")),
+              "cloister.toml:20:19: key[1].passphrase-file: applies only to a key file; a key "
+              "with a uri takes pin-file");
+}
+
+TEST(ConfigTokenKey, RequiresModuleAndPin) {
+    EXPECT_EQ(error_of(with_token_key("uri = \"pkcs11:object=a\"\npin-file = \"/p\"\n")),
+              "cloister.toml:16:1: key[1].module is missing; expected the path of the PKCS#11 "
+              "module (.so) that serves the token, here or as [key-process] pkcs11-module");
+    EXPECT_EQ(error_of(with_token_key("uri = \"pkcs11:object=a\"\nmodule = \"/m.so\"\n")),
+              "cloister.toml:16:1: key[1].pin-file is missing; expected a file with the token's "
+              "user PIN (mode 0600), or pin-value or pin-source in the URI query");
+}
+
+TEST(ConfigTokenKey, RejectsTwoPinSources) {
+    const std::string message = error_of(with_token_key(
+        "uri = \"pkcs11:object=a?pin-value=4321\"\nmodule = \"/m.so\"\npin-file = \"/p\"\n"));
+    EXPECT_NE(message.find("key[1].pin-file: the PIN is given more than once"), std::string::npos)
+        << message;
+    EXPECT_EQ(message.find("4321"), std::string::npos) << message;
+}
+
+TEST(ConfigTokenKey, RejectsPinValueInPathWithoutEchoingIt) {
+    const std::string message = error_of(
+        with_token_key("uri = \"pkcs11:token=web;pin-value=s3cr3t\"\nmodule = \"/m.so\"\n"));
+    EXPECT_NE(message.find("cloister.toml:18:7: key[1].uri: invalid PKCS#11 URI: pin-value is in "
+                           "the path part"),
+              std::string::npos)
+        << message;
+    EXPECT_EQ(message.find("s3cr3t"), std::string::npos) << message;
+}
+
+TEST(ConfigTokenKey, RejectsCommandPinSourceAndModuleName) {
+    EXPECT_NE(error_of(with_token_key("uri = \"pkcs11:object=a?pin-source=|cat%20/p\"\n"
+                                      "module = \"/m.so\"\n"))
+                  .find("pin-source starts with '|'"),
+              std::string::npos);
+    EXPECT_NE(error_of(with_token_key("uri = \"pkcs11:object=a?pin-source=env:PIN\"\n"
+                                      "module = \"/m.so\"\n"))
+                  .find("pin-source must be a file path or a file: URI"),
+              std::string::npos);
+    EXPECT_NE(error_of(with_token_key("uri = \"pkcs11:object=a?module-name=softhsm2&"
+                                      "pin-value=1\"\n"))
+                  .find("module-name is not supported"),
+              std::string::npos);
+}
+
+TEST(ConfigTokenKey, RejectsConflictingModules) {
+    EXPECT_NE(error_of(with_token_key("uri = \"pkcs11:object=a?module-path=/a.so&pin-value=1\"\n"
+                                      "module = \"/b.so\"\n"))
+                  .find("key[1].module: the URI's module-path names another module"),
+              std::string::npos);
+}
+
+TEST(ConfigTokenKey, RejectsNonStringUri) {
+    EXPECT_EQ(error_of(with_token_key("uri = 5\n")),
+              "cloister.toml:18:7: key[1].uri: expected a PKCS#11 URI string, got 5");
+}
+
+TEST(ConfigSandbox, DefaultsWithoutTable) {
+    const Config config = parse_config(kMinimal, "cloister.toml");
+    EXPECT_EQ(config.sandbox.network_user, "cloister-net");
+    EXPECT_EQ(config.sandbox.key_user, "cloister-key");
+    EXPECT_EQ(config.sandbox.root_directory, std::filesystem::path("/var/lib/cloister/empty"));
+    EXPECT_EQ(config.sandbox.seccomp, SeccompSetting::enforce);
+    EXPECT_TRUE(config.sandbox.namespaces);
+    EXPECT_TRUE(config.sandbox.where.file.empty());
+}
+
+TEST(ConfigSandbox, ReadsEveryKey) {
+    const Config config = parse_config(with(R"([sandbox]
+network-user = "proxy-net"
+key-user = "proxy.key_1"
+root-directory = "jail"
+seccomp = "log"
+namespaces = false
+)"),
+                                       "/etc/cloister/cloister.toml");
+    EXPECT_EQ(config.sandbox.network_user, "proxy-net");
+    EXPECT_EQ(config.sandbox.key_user, "proxy.key_1");
+    EXPECT_EQ(config.sandbox.root_directory, std::filesystem::path("/etc/cloister/jail"));
+    EXPECT_EQ(config.sandbox.seccomp, SeccompSetting::log);
+    EXPECT_FALSE(config.sandbox.namespaces);
+    EXPECT_EQ(config.sandbox.where.to_string(), "/etc/cloister/cloister.toml:15:1");
+    const Config off = parse_config(with("[sandbox]\nseccomp = \"off\"\n"), "cloister.toml");
+    EXPECT_EQ(off.sandbox.seccomp, SeccompSetting::off);
+}
+
+TEST(ConfigSandbox, RejectsSameUserForBothRoles) {
+    EXPECT_EQ(error_of(with("[sandbox]\nnetwork-user = \"proxy\"\nkey-user = \"proxy\"\n")),
+              "cloister.toml:17:12: sandbox.key-user: network-user and key-user are both "
+              "\"proxy\"; expected two different users, so that a connection process cannot "
+              "signal or ptrace the key process");
+    EXPECT_EQ(error_of(with("[sandbox]\nnetwork-user = \"cloister-key\"\n")),
+              "cloister.toml:16:16: sandbox.network-user: network-user and key-user are both "
+              "\"cloister-key\"; expected two different users, so that a connection process "
+              "cannot signal or ptrace the key process");
+}
+
+TEST(ConfigSandbox, RejectsInvalidValues) {
+    const std::string user_form =
+        "expected a user name of 1 to 32 letters, digits, '.', '_' or '-', not starting with '-'";
+    EXPECT_EQ(error_of(with("[sandbox]\nnetwork-user = \"-net\"\n")),
+              "cloister.toml:16:16: sandbox.network-user: " + user_form + ", got \"-net\"");
+    EXPECT_EQ(error_of(with("[sandbox]\nkey-user = \"key/1\"\n")),
+              "cloister.toml:16:12: sandbox.key-user: " + user_form + ", got \"key/1\"");
+    EXPECT_EQ(error_of(with("[sandbox]\nkey-user = \"" + std::string(33, 'k') + "\"\n")),
+              "cloister.toml:16:12: sandbox.key-user: " + user_form + ", got \"" +
+                  std::string(33, 'k') + "\"");
+    EXPECT_EQ(error_of(with("[sandbox]\nseccomp = \"kill\"\n")),
+              "cloister.toml:16:11: sandbox.seccomp: expected \"enforce\", \"log\" or \"off\", "
+              "got \"kill\"");
+    EXPECT_EQ(error_of(with("[sandbox]\nnamespaces = \"yes\"\n")),
+              "cloister.toml:16:14: sandbox.namespaces: expected true or false, got \"yes\"");
+    EXPECT_EQ(error_of(with("[sandbox]\nchroot = \"/x\"\n")),
+              "cloister.toml:16:1: unknown key 'chroot' in [sandbox]; expected one of: "
+              "network-user, key-user, root-directory, seccomp, namespaces");
 }
 
 }  // namespace

@@ -274,7 +274,7 @@ TEST(KeyProtocol, BadVersionRejected) {
 }
 
 TEST(KeyProtocol, UnknownTypeRejected) {
-    for (const std::uint8_t type : {0, 3, 15, 17, 255}) {
+    for (const std::uint8_t type : {0, 5, 15, 17, 255}) {
         const auto decoded = keyproto::decode_request(request_header(1, type, 0, 0));
         ASSERT_FALSE(decoded) << "type " << int{type};
         EXPECT_THAT(decoded.error, HasSubstr("unknown message type"));
@@ -592,6 +592,47 @@ TEST(KeyClient, OversizedMessageNotSent) {
     const Bytes message(keyproto::max_request_payload + 1, 0);
     EXPECT_THROW((void)client.sign(0, scheme_code(SignatureScheme::ed25519), message), Error);
     EXPECT_EQ(client.requests_sent(), 0U);
+}
+
+// --- key_info -------------------------------------------------------------------------------
+
+TEST(KeyProtocolKeyInfo, RequestCarriesOnlyTheKeyIndex) {
+    const auto decoded = keyproto::decode_request(request_header(1, 4, 0, 0));
+    ASSERT_TRUE(decoded) << decoded.error;
+    EXPECT_EQ(decoded.value->type, MessageType::key_info);
+    EXPECT_EQ(decoded.value->key_index, 3U);
+
+    const auto with_scheme = keyproto::decode_request(request_header(1, 4, 0x0804, 0));
+    ASSERT_FALSE(with_scheme);
+    EXPECT_THAT(with_scheme.error, HasSubstr("key_info request with non-zero scheme 0x0804"));
+    Bytes with_payload = request_header(1, 4, 0, 1);
+    with_payload.push_back(0);
+    const auto decoded_payload = keyproto::decode_request(with_payload);
+    ASSERT_FALSE(decoded_payload);
+    EXPECT_THAT(decoded_payload.error, HasSubstr("key_info request with a 1-byte payload"));
+    EXPECT_EQ(keyproto::malformed_response(with_payload).type, MessageType::key_info);
+}
+
+TEST(KeyProtocolKeyInfo, SchemeListRoundTrips) {
+    const std::vector<std::uint16_t> schemes{0x0804, 0x0401, 0x0807};
+    const Bytes payload = keyproto::encode_key_info(schemes);
+    EXPECT_EQ(payload, (Bytes{3, 0, 0x04, 0x08, 0x01, 0x04, 0x07, 0x08}));
+    const auto decoded = keyproto::decode_key_info(payload);
+    ASSERT_TRUE(decoded) << decoded.error;
+    EXPECT_EQ(*decoded.value, schemes);
+}
+
+TEST(KeyProtocolKeyInfo, InvalidSchemeListsRejected) {
+    EXPECT_THAT(keyproto::decode_key_info(Bytes{1}).error, HasSubstr("no scheme count"));
+    EXPECT_THAT(keyproto::decode_key_info(Bytes{0, 0}).error, HasSubstr("stated 0 schemes"));
+    EXPECT_THAT(keyproto::decode_key_info(Bytes{2, 0, 0x04, 0x08}).error,
+                HasSubstr("stated 2 schemes"));
+    EXPECT_THAT(keyproto::decode_key_info(Bytes{1, 0, 0x04, 0x08, 0}).error,
+                HasSubstr("stated 1 schemes"));
+    EXPECT_THAT(keyproto::decode_key_info(Bytes{1, 0, 0x09, 0x08}).error,
+                HasSubstr("unknown scheme 0x0809"));
+    const std::vector<std::uint16_t> too_many(keyproto::max_key_info_schemes + 1, 0x0401);
+    EXPECT_THROW(static_cast<void>(keyproto::encode_key_info(too_many)), Error);
 }
 
 }  // namespace

@@ -174,8 +174,11 @@ Config make_config(const Pki& pki) {
     config.key_process.workers = 1;
     config.key_process.max_operations_per_channel = 1;
     for (const std::string name : {"rsa", "p256", "p384", "ed25519", "chain"}) {
-        config.keys.push_back(
-            KeyConfig{name, pki.path(name + ".key"), std::nullopt, location("test.toml", 2)});
+        KeyConfig key;
+        key.name = name;
+        key.file = pki.path(name + ".key");
+        key.where = location("test.toml", 2);
+        config.keys.push_back(std::move(key));
     }
     config.vhosts.push_back(vhost_entry("multi.test",
                                         {certificate_entry(pki, "rsa.pem", rsa_key, "rsa", 10),
@@ -884,6 +887,20 @@ TEST(OpensslStackTest, EofWithoutCloseNotifyIsTruncated) {
     connection.sockets.client.reset();
     const IoResult result = read_until_not_blocked(*connection.server);
     EXPECT_EQ(result.status, IoStatus::truncated) << result.error;
+}
+
+TEST(OpensslStackTest, WriteAfterEofWithoutCloseNotify) {
+    ASSERT_TRUE(world().ready);
+    Connection connection(*world().stack, {"multi.test", TLS1_3_VERSION, "", ""});
+    ASSERT_TRUE(connection.outcome.succeeded()) << connection.outcome.server_result.error;
+
+    // A bare FIN from the client ends only its direction: the backend's reply still arrives.
+    std::array<char, 16> buffer{};
+    EXPECT_LE(SSL_read(connection.client.get(), buffer.data(), buffer.size()), 0);
+    ASSERT_EQ(shutdown(connection.sockets.client.get(), SHUT_WR), 0);
+    EXPECT_EQ(read_until_not_blocked(*connection.server).status, IoStatus::truncated);
+    EXPECT_EQ(exchange_to_client(*connection.server, connection.client.get(), "late reply"),
+              "late reply");
 }
 
 TEST(OpensslStackTest, ReadReturnsClientData) {

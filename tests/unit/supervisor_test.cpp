@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,6 +26,7 @@
 #include <regex>
 #include <sstream>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -460,6 +462,39 @@ SupervisorHooks fake_hooks(FakeOptions options) {
     return hooks;
 }
 
+// An empty directory owned by root, mode 0755, for the chroot; removed when the test exits.
+class EmptyRootDirectory {
+  public:
+    EmptyRootDirectory() {
+        std::string pattern =
+            (std::filesystem::temp_directory_path() / "cloister-empty-XXXXXX").string();
+        if (mkdtemp(pattern.data()) != nullptr && chmod(pattern.c_str(), 0755) == 0) {
+            path_ = pattern;
+        }
+    }
+    EmptyRootDirectory(const EmptyRootDirectory&) = delete;
+    EmptyRootDirectory& operator=(const EmptyRootDirectory&) = delete;
+    ~EmptyRootDirectory() {
+        std::error_code ignored;
+        std::filesystem::remove(path_, ignored);
+    }
+    [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+
+  private:
+    std::filesystem::path path_;
+};
+
+// As root, the supervisor needs two unprivileged users and an empty chroot directory: "nobody"
+// and "daemon" exist on every Debian system. PID namespaces stay off, so that a signal still
+// ends a connection process with that signal instead of an exit status.
+void use_test_sandbox(Config& config) {
+    static const EmptyRootDirectory root;
+    config.sandbox.network_user = "nobody";
+    config.sandbox.key_user = "daemon";
+    config.sandbox.root_directory = root.path();
+    config.sandbox.namespaces = false;
+}
+
 // ---- fixture ---------------------------------------------------------------------------
 
 class SupervisorTest : public ::testing::Test {
@@ -482,6 +517,7 @@ class SupervisorTest : public ::testing::Test {
         config_.limits.drain_timeout = 3s;
         config_.limits.backend_connect_timeout = 1s;
         config_.limits.key_operation_timeout = 1s;
+        use_test_sandbox(config_);
     }
 
     ~SupervisorTest() override {
@@ -746,6 +782,7 @@ TEST(CheckConfig, ReportsValidAndMismatchedKeys) {
     vhost.name = "fake";
     vhost.is_default = true;
     config.vhosts.push_back(vhost);
+    use_test_sandbox(config);
     init_logging("supervisor", LogLevel::error);
     EXPECT_EQ(check_config(config, fake_hooks({true, -1})), 0);
     EXPECT_EQ(check_config(config, fake_hooks({false, -1})), 2);

@@ -1,0 +1,293 @@
+#include "core/sandbox_layers.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <system_error>
+#include <thread>
+
+#include "core/error.h"
+#include "core/sandbox_sigsys.h"
+#include "core/sandbox_spawn.h"
+
+namespace cloister {
+namespace {
+
+constexpr std::uint64_t mebibyte = 1024 * 1024;
+
+// "FILE:LINE:COLUMN: sandbox.KEY: MESSAGE", or "FILE: sandbox.KEY: ..." for a default value
+// that no [sandbox] table wrote.
+[[noreturn]] void fail_sandbox(const Config& config, std::string_view key,
+                               const std::string& message) {
+    const SourceLocation& where = config.sandbox.where;
+    const std::string place = where.file.empty() ? config.source.string() : where.to_string();
+    throw Error(ErrorKind::config,
+                fmt::format("{}{}sandbox.{}: {}", place, place.empty() ? "" : ": ", key, message));
+}
+
+SandboxUser find_user(const Config& config, std::string_view key, const std::string& name) {
+    try {
+        return lookup_user(name);
+    } catch (const Error& error) {
+        if (error.kind() != ErrorKind::config) {
+            throw;
+        }
+        fail_sandbox(config, key, error.what());
+    }
+}
+
+void decide_users(const Config& config, SandboxLayers& layers) {
+    const SandboxUser network = find_user(config, "network-user", config.sandbox.network_user);
+    const SandboxUser key = find_user(config, "key-user", config.sandbox.key_user);
+    try {
+        check_users(network, key);
+    } catch (const Error& error) {
+        fail_sandbox(config, "network-user and sandbox.key-user", error.what());
+    }
+    layers.network_user = network;
+    layers.key_user = key;
+}
+
+// Creates dir and its missing parents, mode 0755 and owned by root (the caller is root).
+void create_root_directory(const Config& config, const std::filesystem::path& dir) {
+    std::error_code error;
+    std::filesystem::create_directories(dir, error);
+    if (error || ::chmod(dir.c_str(), 0755) != 0 || ::chown(dir.c_str(), 0, 0) != 0) {
+        fail_sandbox(config, "root-directory",
+                     fmt::format("creating the chroot directory {} failed: {}", dir.string(),
+                                 error ? error.message() : std::strerror(errno)));
+    }
+    spdlog::info("sandbox: created the empty chroot directory {} (mode 0755, owner root)",
+                 dir.string());
+}
+
+void decide_root(const Config& config, SandboxChecks checks, SandboxLayers& layers) {
+    const std::filesystem::path& dir = config.sandbox.root_directory;
+    std::error_code error;
+    const bool exists = std::filesystem::exists(dir, error);
+    if (!exists && checks.create_root) {
+        create_root_directory(config, dir);
+    }
+    if (exists || checks.create_root) {
+        const std::array users{*layers.network_user, *layers.key_user};
+        try {
+            check_empty_root(dir, users);
+        } catch (const Error& problem) {
+            fail_sandbox(config, "root-directory", problem.what());
+        }
+    }
+    layers.root = dir;
+}
+
+const VhostConfig* first_unix_backend(const Config& config) {
+    const auto found = std::find_if(config.vhosts.begin(), config.vhosts.end(), [](const auto& v) {
+        return v.backend.kind == SocketAddress::Kind::unix_socket;
+    });
+    return found == config.vhosts.end() ? nullptr : &*found;
+}
+
+void decide_chroots(const Config& config, SandboxLayers& layers) {
+    const VhostConfig* unix_backend = first_unix_backend(config);
+    layers.connection_chroot = unix_backend == nullptr;
+    if (unix_backend != nullptr) {
+        // TODO: hand the backend socket in from the supervisor so that this chroot stays on.
+        layers.inactive.push_back(fmt::format(
+            "chroot of connection processes: the backend {} of vhost {} is a Unix socket path, "
+            "which an empty chroot hides",
+            unix_backend->backend.text, unix_backend->name));
+    }
+    layers.key_chroot = layers.key_role == SeccompRole::key_memory;
+    if (!layers.key_chroot) {
+        layers.inactive.push_back(
+            "chroot of the key process: a PKCS#11 module reads its token files at every "
+            "signature (SoftHSM 2.6), so they must stay reachable");
+    }
+}
+
+void decide_seccomp(const Config& config, SandboxLayers& layers) {
+    switch (config.sandbox.seccomp) {
+        case SeccompSetting::enforce:
+            layers.seccomp = SeccompMode::enforce;
+            return;
+        case SeccompSetting::log:
+            layers.seccomp = SeccompMode::log;
+            layers.inactive.push_back(
+                "seccomp kills: seccomp = \"log\" allows every call and logs the forbidden ones "
+                "to the kernel log");
+            return;
+        case SeccompSetting::off:
+            layers.inactive.push_back("seccomp: seccomp = \"off\" in [sandbox]");
+            return;
+    }
+}
+
+void decide_namespaces(const Config& config, SandboxChecks checks, SandboxLayers& layers) {
+    if (!config.sandbox.namespaces) {
+        layers.inactive.push_back("namespaces: namespaces = false in [sandbox]");
+        return;
+    }
+    if (::geteuid() != 0) {
+        layers.inactive.push_back("namespaces: they need root (CAP_SYS_ADMIN)");
+        return;
+    }
+    NamespaceSupport support{true, true, true, {}};
+    if (checks.test_namespaces) {
+        support = probe_namespaces();
+    }
+    for (const std::string& reason : support.unsupported) {
+        layers.inactive.push_back("namespace " + reason);
+    }
+    layers.pid_namespace = support.pid;
+    layers.ipc_namespace = support.ipc;
+    const bool memory_keys = layers.key_role == SeccompRole::key_memory;
+    layers.network_namespace = support.network && memory_keys;
+    if (support.network && !memory_keys) {
+        layers.inactive.push_back(
+            "network namespace of the key process: a PKCS#11 module may reach its token over "
+            "the network");
+    }
+}
+
+std::string describe_user(const std::optional<SandboxUser>& user) {
+    if (!user) {
+        return "";
+    }
+    return fmt::format("user {} (uid {}, gid {}, no supplementary groups), ", user->name, user->uid,
+                       user->gid);
+}
+
+std::string describe_namespaces(const SandboxPlan& plan, bool pid_namespace) {
+    std::vector<std::string> names;
+    if (pid_namespace) {
+        names.emplace_back("PID");
+    }
+    if (plan.namespaces.ipc) {
+        names.emplace_back("IPC");
+    }
+    if (plan.namespaces.network) {
+        names.emplace_back("network");
+    }
+    return names.empty() ? "" : fmt::format("new {} namespaces, ", fmt::join(names, "+"));
+}
+
+std::string describe_limits(const ResourceLimits& limits) {
+    std::string text = "rlimits (";
+    if (limits.processes) {
+        text += *limits.processes == 0 ? "no new processes, "
+                                       : fmt::format("{} tasks, ", *limits.processes);
+    }
+    if (limits.open_files) {
+        text += fmt::format("{} descriptors, ", *limits.open_files);
+    }
+    if (limits.data_bytes) {
+        text += fmt::format("{} MiB data, ", *limits.data_bytes / mebibyte);
+    }
+    return text + "no core file), ";
+}
+
+std::string describe_plan(const SandboxPlan& plan, bool pid_namespace) {
+    std::string text = describe_user(plan.user);
+    if (plan.root) {
+        text += fmt::format("chroot {}, ", plan.root->string());
+    }
+    text += describe_namespaces(plan, pid_namespace);
+    text += describe_limits(plan.limits);
+    text += "not dumpable, no new privileges";
+    if (plan.seccomp) {
+        text += fmt::format(", seccomp {} filter ({})", to_string(*plan.seccomp),
+                            plan.seccomp_mode == SeccompMode::enforce ? "enforce" : "log");
+    }
+    return text;
+}
+
+}  // namespace
+
+bool uses_pkcs11_keys(const Config& config) {
+    return std::any_of(config.keys.begin(), config.keys.end(),
+                       [](const KeyConfig& key) { return key.in_token(); });
+}
+
+SandboxLayers decide_sandbox_layers(const Config& config, SandboxChecks checks) {
+    SandboxLayers layers;
+    layers.key_role = uses_pkcs11_keys(config) ? SeccompRole::key_pkcs11 : SeccompRole::key_memory;
+    if (::geteuid() == 0) {
+        decide_users(config, layers);
+        decide_root(config, checks, layers);
+        decide_chroots(config, layers);
+    } else {
+        layers.inactive.push_back(fmt::format(
+            "user switch and chroot: cloister runs as uid {}, and only root can switch users "
+            "and chroot",
+            ::geteuid()));
+    }
+    decide_seccomp(config, layers);
+    decide_namespaces(config, checks, layers);
+    return layers;
+}
+
+unsigned key_process_workers(const KeyProcessConfig& config) {
+    return config.workers != 0 ? config.workers : std::max(1U, std::thread::hardware_concurrency());
+}
+
+SandboxPlan connection_sandbox_plan(const SandboxLayers& layers) {
+    SandboxPlan plan;
+    plan.namespaces.ipc = layers.ipc_namespace;
+    if (layers.connection_chroot) {
+        plan.root = layers.root;
+    }
+    plan.limits = connection_process_limits();
+    plan.user = layers.network_user;
+    if (layers.seccomp) {
+        plan.seccomp = SeccompRole::connection;
+        plan.seccomp_mode = *layers.seccomp;
+    }
+    return plan;
+}
+
+SandboxPlan key_sandbox_plan(const SandboxLayers& layers, unsigned workers) {
+    SandboxPlan plan;
+    plan.namespaces.ipc = layers.ipc_namespace;
+    plan.namespaces.network = layers.network_namespace;
+    if (layers.key_chroot) {
+        plan.root = layers.root;
+    }
+    plan.limits = key_process_limits(workers);
+    if (!layers.key_user) {
+        // RLIMIT_NPROC counts every process of the real user, which without a key user of its
+        // own includes the supervisor and the connection processes.
+        plan.limits.processes.reset();
+    }
+    plan.user = layers.key_user;
+    if (layers.seccomp) {
+        plan.seccomp = layers.key_role;
+        plan.seccomp_mode = *layers.seccomp;
+    }
+    return plan;
+}
+
+void log_sandbox_layers(const SandboxLayers& layers, const Config& config) {
+    spdlog::info("sandbox: connection processes: {}",
+                 describe_plan(connection_sandbox_plan(layers), layers.pid_namespace));
+    const unsigned workers = key_process_workers(config.key_process);
+    spdlog::info("sandbox: key process: {}",
+                 describe_plan(key_sandbox_plan(layers, workers), layers.pid_namespace));
+    for (const std::string& reason : layers.inactive) {
+        spdlog::warn("sandbox: layer off: {}", reason);
+    }
+}
+
+std::function<void()> key_process_confinement(const Config& config) {
+    return [&config] {
+        const SandboxLayers layers = decide_sandbox_layers(config, SandboxChecks{});
+        set_sigsys_report_label("key process");
+        apply_sandbox(key_sandbox_plan(layers, key_process_workers(config.key_process)));
+    };
+}
+
+}  // namespace cloister
