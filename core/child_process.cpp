@@ -130,9 +130,15 @@ void reset_signals_after_fork() {
         }
     }
     static_cast<void>(std::signal(SIGPIPE, SIG_IGN));
+    ignore_terminal_signals();
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+void ignore_terminal_signals() {
+    static_cast<void>(std::signal(SIGINT, SIG_IGN));
+    static_cast<void>(std::signal(SIGQUIT, SIG_IGN));
 }
 
 void close_descriptors_except(std::vector<int> keep) {

@@ -16,8 +16,12 @@ namespace cloister {
 // Restores the default action of every signal and unblocks them all, because a child
 // inherits the supervisor's blocked mask (the supervisor reads signals with signalfd).
 // SIGPIPE is then ignored: a write to a closed socket returns EPIPE instead of killing the
-// process.
+// process. SIGINT and SIGQUIT are ignored too (ignore_terminal_signals).
 void reset_signals_after_fork();
+
+// Ignores SIGINT and SIGQUIT. The terminal sends them to the whole foreground process group,
+// and only the supervisor acts on them: it drains, and stops its children when it chooses.
+void ignore_terminal_signals();
 
 // Closes every descriptor except those in keep, then opens /dev/null on 0 and 1 when they
 // are closed, so that a stray write to standard output cannot reach a socket.

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <netinet/in.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <toml++/toml.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include <cctype>
 #include <cerrno>
 #include <charconv>
+#include <cstdint>
 #include <cstring>
 #include <initializer_list>
 #include <system_error>
@@ -36,6 +38,8 @@ constexpr std::string_view kAddressForms =
 constexpr std::size_t kMaxUnixPathLength = sizeof(sockaddr_un::sun_path) - 1;
 constexpr std::size_t kMaxNameLength = 253;
 constexpr std::string_view kUnixPrefix = "unix:";
+// Far above any real config: it bounds the memory that reading the config file takes.
+constexpr std::uintmax_t kMaxConfigFileSize = 4 * 1024 * 1024;
 
 bool is_control(char c) {
     const auto byte = static_cast<unsigned char>(c);
@@ -1112,12 +1116,35 @@ toml::table parse_toml(std::string_view text, const std::string& source) {
     }
 }
 
+// Throws unless fd is a regular file of at most kMaxConfigFileSize bytes. A FIFO or a device
+// such as /dev/zero would otherwise block start-up or grow memory without limit.
+void require_regular_config_file(const Fd& fd, const std::filesystem::path& path) {
+    struct stat info {};
+    if (::fstat(fd.get(), &info) != 0) {
+        throw Error(ErrorKind::config, fmt::format("{}: failed to stat the config file: {}",
+                                                   path.string(), std::strerror(errno)));
+    }
+    if (!S_ISREG(info.st_mode)) {
+        throw Error(ErrorKind::config,
+                    fmt::format("{}: the config file is not a regular file; expected a TOML file",
+                                path.string()));
+    }
+    if (static_cast<std::uintmax_t>(info.st_size) > kMaxConfigFileSize) {
+        throw Error(ErrorKind::config,
+                    fmt::format("{}: the config file has {} bytes, more than the maximum of {}",
+                                path.string(), info.st_size, kMaxConfigFileSize));
+    }
+}
+
 std::string read_file(const std::filesystem::path& path) {
-    const Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    // O_NONBLOCK: opening a FIFO without a writer returns at once, and the check below rejects
+    // it. Reads from a regular file ignore the flag.
+    const Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
     if (!fd) {
         throw Error(ErrorKind::config, fmt::format("{}: failed to open the config file: {}",
                                                    path.string(), std::strerror(errno)));
     }
+    require_regular_config_file(fd, path);
     std::string text;
     std::array<char, 65536> buffer{};
     while (true) {
@@ -1133,6 +1160,11 @@ std::string read_file(const std::filesystem::path& path) {
             return text;
         }
         text.append(buffer.data(), static_cast<std::size_t>(count));
+        if (text.size() > kMaxConfigFileSize) {
+            throw Error(ErrorKind::config,
+                        fmt::format("{}: the config file grew beyond the maximum of {} bytes",
+                                    path.string(), kMaxConfigFileSize));
+        }
     }
 }
 

@@ -353,6 +353,7 @@ class Connection {
         summary_.protocol = info.protocol;
         summary_.cipher = info.cipher;
         summary_.scheme = info.signature_scheme;
+        summary_.alpn = info.alpn;
         vhost_index_ = info.vhost_index;
         summary_.vhost = config_.vhosts.at(vhost_index_).name;
     }
@@ -527,11 +528,11 @@ const char* to_string(ConnectionResult result) noexcept {
 
 std::string format_summary(const ConnectionSummary& summary) {
     std::string line = fmt::format(
-        "connection closed: peer={} sni={} vhost={} protocol={} cipher={} scheme={} bytes_in={} "
-        "bytes_out={} duration_ms={} result={}",
+        "connection closed: peer={} sni={} vhost={} protocol={} cipher={} scheme={} alpn={} "
+        "bytes_in={} bytes_out={} duration_ms={} result={}",
         field(summary.peer), field(summary.sni), field(summary.vhost), field(summary.protocol),
-        field(summary.cipher), field(summary.scheme), summary.bytes_in, summary.bytes_out,
-        summary.duration.count(), to_string(summary.result));
+        field(summary.cipher), field(summary.scheme), field(summary.alpn), summary.bytes_in,
+        summary.bytes_out, summary.duration.count(), to_string(summary.result));
     if (summary.result != ConnectionResult::ok) {
         line += fmt::format(" reason=\"{}\"", escape_log_text(summary.reason, false));
     }

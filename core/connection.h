@@ -73,6 +73,7 @@ struct ConnectionSummary {
     std::string protocol;
     std::string cipher;
     std::string scheme;
+    std::string alpn;             // the protocol agreed by ALPN; empty when none
     std::uint64_t bytes_in = 0;   // plaintext bytes from the client to the backend
     std::uint64_t bytes_out = 0;  // plaintext bytes from the backend to the client
     std::chrono::milliseconds duration{0};

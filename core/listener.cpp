@@ -118,11 +118,41 @@ Listener open_listener(const SocketAddress& address) {
     return Listener{std::move(fd), std::move(bound)};
 }
 
+namespace {
+
+// The next step for an operator whose listener failed to open with error_number.
+std::string listener_fix(int error_number) {
+    switch (error_number) {
+        case EADDRINUSE:
+            return "; stop the program that uses this address or choose another one";
+        case EADDRNOTAVAIL:
+            return "; no local interface has this address: choose one that does, or \"0.0.0.0\" "
+                   "or \"[::]\" for all";
+        case EAFNOSUPPORT:
+            return "; the host does not support this address family (IPv6 may be disabled): "
+                   "remove this listener or enable the family";
+        case EACCES:
+            return "; ports below 1024 need root or CAP_NET_BIND_SERVICE";
+        default:
+            return "";
+    }
+}
+
+}  // namespace
+
 std::vector<Listener> open_listeners(const std::vector<ListenerConfig>& listeners) {
     std::vector<Listener> result;
     result.reserve(listeners.size());
-    for (const ListenerConfig& listener : listeners) {
-        result.push_back(open_listener(listener.address));
+    for (std::size_t i = 0; i < listeners.size(); ++i) {
+        try {
+            result.push_back(open_listener(listeners[i].address));
+        } catch (const Error& error) {
+            // Names the config line and the fix, keeping the kind and errno of the failure.
+            throw Error(error.kind(),
+                        listeners[i].where.to_string() + ": listener[" + std::to_string(i) +
+                            "].address: " + error.what() + listener_fix(error.error_number()),
+                        error.error_number());
+        }
     }
     return result;
 }

@@ -233,8 +233,9 @@ ResourceLimits connection_process_limits() {
 
 ResourceLimits key_process_limits(unsigned threads) {
     ResourceLimits limits;
-    // The main thread, the workers, and one spare for a thread that is exiting.
-    limits.processes = rlim_t{threads} + 2;
+    // Per key process: the main thread, the workers, and one spare for a thread that is
+    // exiting.
+    limits.processes = 2 * (rlim_t{threads} + 2);
     limits.open_files = 1024;
     if (!address_sanitizer_build) {
         limits.data_bytes = 1024 * mebibyte;

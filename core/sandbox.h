@@ -94,9 +94,11 @@ struct ResourceLimits {
 ResourceLimits connection_process_limits();
 
 // Limits for the key process with threads worker threads: 1024 descriptors, 1 GiB of data,
-// and room for the workers plus the main thread.
+// and room for two key processes of that size: the daemon's, and the temporary one of a
+// --check-config run while the daemon serves.
 // NOTE: RLIMIT_NPROC counts every process of the key user, so the key user must run nothing
-// else. The data limit is an estimate, and it is left unset in AddressSanitizer builds.
+// else, and two daemons need two key users. The data limit is an estimate, and it is left
+// unset in AddressSanitizer builds.
 ResourceLimits key_process_limits(unsigned threads);
 
 // Applies limits with setrlimit. Throws Error(system) naming the limit that failed.

@@ -284,7 +284,10 @@ void log_sandbox_layers(const SandboxLayers& layers, const Config& config) {
 
 std::function<void()> key_process_confinement(const Config& config) {
     return [&config] {
-        const SandboxLayers layers = decide_sandbox_layers(config, SandboxChecks{});
+        // A root directory removed since the supervisor's start is created again, so that a
+        // restarted key process never runs without its chroot.
+        const SandboxLayers layers =
+            decide_sandbox_layers(config, SandboxChecks{.create_root = true});
         set_sigsys_report_label("key process");
         apply_sandbox(key_sandbox_plan(layers, key_process_workers(config.key_process)));
     };

@@ -64,8 +64,9 @@ void log_sandbox_layers(const SandboxLayers& layers, const Config& config);
 
 // Returns the before_serving step of run_key_process for the key process of config: it
 // decides the layers again in the key process (without test children, since a fork there would
-// copy its keys), then applies the key plan. The supervisor has checked the same layers at
-// start, so a failure here is a change on the host in between.
+// copy its keys, and creating a missing root directory), then applies the key plan. The
+// supervisor has checked the same layers at start, so a failure here is a change on the host
+// in between.
 std::function<void()> key_process_confinement(const Config& config);
 
 }  // namespace cloister

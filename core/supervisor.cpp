@@ -593,8 +593,9 @@ int run_supervisor(const Config& config, const SupervisorHooks& hooks) {
 
 int check_config(const Config& config, const SupervisorHooks& hooks) {
     ignore_sigpipe();
+    // The root directory is created here too: the temporary key process chroots into it.
     const SandboxLayers layers =
-        decide_sandbox_layers(config, SandboxChecks{.create_root = false, .test_namespaces = true});
+        decide_sandbox_layers(config, SandboxChecks{.create_root = true, .test_namespaces = true});
     log_sandbox_layers(layers, config);
     KeyProcess key = start_key_process(config, hooks, layers.pid_namespace);
     int status = 0;

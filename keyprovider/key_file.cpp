@@ -62,7 +62,9 @@ using DecoderCtxPtr = std::unique_ptr<OSSL_DECODER_CTX, DecoderCtxDeleter>;
 // messages.
 SecretBuffer read_secret_file(const std::filesystem::path& path, std::size_t max_size,
                               const std::string& description) {
-    const Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+    // O_NONBLOCK: opening a FIFO without a writer returns at once, so that the regular-file
+    // check below rejects it instead of the open blocking the key process.
+    const Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
     if (!fd) {
         throw Error(ErrorKind::config,
                     fmt::format("failed to open {}: {}", description, std::strerror(errno)));

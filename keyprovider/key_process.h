@@ -13,9 +13,9 @@ inline constexpr int key_process_exit_key_load_failed = 2;
 
 // Loads every key in config.keys, then serves the control channel (which hands over new key
 // channels) and each key channel until the control channel closes. Returns the exit status:
-// 0 after the control channel closed or SIGTERM or SIGINT arrived, 1 when serving failed, and
+// 0 after the control channel closed or SIGTERM arrived, 1 when serving failed, and
 // key_process_exit_key_load_failed when a key failed to load. Logs with the spdlog default
-// logger, which the caller sets up. SIGTERM, SIGINT and SIGUSR1 (log the stats line) stay
+// logger, which the caller sets up. SIGTERM and SIGUSR1 (log the stats line) stay
 // blocked in the calling thread after the function returns.
 int run_key_process(const Config& config, Fd control);
 

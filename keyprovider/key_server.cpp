@@ -26,8 +26,9 @@ using keyproto::Status;
 sigset_t stop_and_stats_signals() {
     sigset_t set;
     sigemptyset(&set);
+    // SIGINT is left out and ignored (reset_signals_after_fork), because Ctrl-C in a terminal
+    // reaches the whole process group and only the supervisor stops on it, so that it drains.
     sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
     sigaddset(&set, SIGUSR1);
     return set;
 }
@@ -67,8 +68,6 @@ const char* signal_name(std::uint32_t number) {
     switch (number) {
         case SIGTERM:
             return "SIGTERM";
-        case SIGINT:
-            return "SIGINT";
         case SIGUSR1:
             return "SIGUSR1";
         default:
@@ -200,10 +199,13 @@ int KeyServer::run() {
 }
 
 void KeyServer::work() {
-    // Every signal goes to the main thread (blocked there too, and read from the signalfd),
-    // never to a thread in the middle of a signing operation.
+    // Every signal but SIGSYS goes to the main thread (blocked there too, and read from the
+    // signalfd), never to a thread in the middle of a signing operation.
     sigset_t all;
     sigfillset(&all);
+    // SIGSYS stays deliverable, so that a call the seccomp filter traps in a worker thread
+    // reaches the handler that names the system call before the process dies.
+    sigdelset(&all, SIGSYS);
     ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
 
     while (!stopping_.load()) {

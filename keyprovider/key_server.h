@@ -50,7 +50,7 @@ class KeyProcessStats {
 
 class KeyServer {
   public:
-    // Blocks SIGTERM, SIGINT and SIGUSR1 in the calling thread (they stay blocked after the
+    // Blocks SIGTERM and SIGUSR1 in the calling thread (they stay blocked after the
     // server is gone, because a pending one would otherwise take its default action) and
     // receives them through a signalfd. store must outlive the server. rsa_decryption serves
     // decrypt requests ([tls] rsa-key-exchange). Throws Error(system) when a descriptor cannot
@@ -63,7 +63,7 @@ class KeyServer {
     KeyServer& operator=(KeyServer&&) = delete;
     ~KeyServer();
 
-    // Serves until the control channel reaches end of stream or SIGTERM or SIGINT arrives
+    // Serves until the control channel reaches end of stream or SIGTERM arrives
     // (status 0), or a worker fails (status 1). Logs the stats line before it returns.
     int run();
 

@@ -1,10 +1,15 @@
 #include "backends/botan/botan_stack.h"
 
+#include <botan/tls_algos.h>
 #include <botan/version.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "backends/botan/key_check.h"
 #include "backends/botan/random.h"
@@ -21,12 +26,30 @@ StackSettings make_settings(const Config& config, const VhostTable& vhosts) {
     if (config.vhosts.empty()) {
         throw Error(ErrorKind::config, config.source.string() + ": no [[vhost]] is configured");
     }
-    StackSettings settings{vhosts, {}, {}, config.tls.alpn_mismatch, botan::ConfigPolicy(config)};
+    StackSettings settings{vhosts, {}, {}, config.tls.alpn_mismatch, botan::ConfigPolicy(config),
+                           {}};
     for (std::size_t i = 0; i < config.vhosts.size(); ++i) {
         settings.vhost_settings.push_back({config.vhosts[i].name, config.vhosts[i].alpn});
         settings.certificates.push_back(botan::load_vhost_certificates(config, i));
     }
     return settings;
+}
+
+// Logs the schemes that the policy allows for the certificate's key type and that the key
+// process cannot sign with its key, such as RSA-PSS with a token key without CKM_RSA_PKCS_PSS.
+void log_missing_schemes(const botan::ServedCertificate& certificate,
+                         const std::vector<std::uint16_t>& schemes) {
+    std::vector<std::string> missing;
+    for (const std::uint16_t scheme : botan::policy_schemes_for(certificate.key->algo_name())) {
+        if (std::find(schemes.begin(), schemes.end(), scheme) == schemes.end()) {
+            missing.push_back(Botan::TLS::sig_scheme_to_string(
+                static_cast<Botan::TLS::Signature_Scheme>(scheme)));
+        }
+    }
+    if (!missing.empty()) {
+        spdlog::info("botan: vhost '{}' does not offer {}: key '{}' cannot sign them",
+                     certificate.vhost_name, fmt::join(missing, ", "), certificate.key_name);
+    }
 }
 
 class BotanStack final : public TlsStack {
@@ -75,11 +98,20 @@ void BotanStack::verify_keys() {
         throw Error(ErrorKind::config, "verify_keys needs a key channel: call use_key_client");
     }
     std::size_t checked = 0;
+    settings_.key_schemes.clear();
     for (const botan::VhostCertificates& vhost : settings_.certificates) {
+        std::vector<std::uint16_t> vhost_schemes;
         for (const botan::ServedCertificate& certificate : vhost) {
-            botan::verify_certificate_key(certificate, *key_client_, *random_);
+            const std::vector<std::uint16_t> schemes =
+                key_client_->key_schemes(certificate.key->key_index());
+            botan::verify_certificate_key(certificate, *key_client_, *random_, schemes);
+            log_missing_schemes(certificate, schemes);
+            vhost_schemes.insert(vhost_schemes.end(), schemes.begin(), schemes.end());
             ++checked;
         }
+        // Runs in the supervisor before any connection process is forked, so every child
+        // inherits the limits. Keys of one vhost differ in type, so one list serves them all.
+        settings_.key_schemes.push_back(std::move(vhost_schemes));
     }
     spdlog::info("botan: {} certificate keys match their keys in the key process", checked);
 }

@@ -7,6 +7,7 @@
 #include <botan/x509_key.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <string_view>
 #include <vector>
 
@@ -71,14 +72,37 @@ Bytes test_message(Botan::RandomNumberGenerator& random) {
     return message;
 }
 
+bool has_scheme(std::span<const std::uint16_t> schemes, Botan::TLS::Signature_Scheme scheme) {
+    return std::find(schemes.begin(), schemes.end(), static_cast<std::uint16_t>(scheme)) !=
+           schemes.end();
+}
+
+// The scheme of the test signature: the one a handshake with a current client would use.
+Botan::TLS::Signature_Scheme test_scheme(const ServedCertificate& certificate, bool ecdsa,
+                                         std::span<const std::uint16_t> key_schemes) {
+    using Botan::TLS::Signature_Scheme;
+    const std::vector<Signature_Scheme> candidates =
+        ecdsa ? std::vector{Signature_Scheme::ECDSA_SHA256}
+              : std::vector{Signature_Scheme::RSA_PSS_SHA256, Signature_Scheme::RSA_PKCS1_SHA256};
+    for (const Signature_Scheme scheme : candidates) {
+        if (has_scheme(key_schemes, scheme)) {
+            return scheme;
+        }
+    }
+    throw_check_error(certificate, ecdsa ? "the key process cannot sign ecdsa_secp256r1_sha256 "
+                                           "with it"
+                                         : "the key process can sign neither rsa_pss_rsae_sha256 "
+                                           "nor rsa_pkcs1_sha256 with it");
+}
+
 }  // namespace
 
 void verify_certificate_key(const ServedCertificate& certificate, KeyClient& client,
-                            Botan::RandomNumberGenerator& random) {
+                            Botan::RandomNumberGenerator& random,
+                            std::span<const std::uint16_t> key_schemes) {
     compare_public_keys(certificate, client);
     const bool ecdsa = certificate.key->algo_name() == "ECDSA";
-    const auto scheme = ecdsa ? Botan::TLS::Signature_Scheme::ECDSA_SHA256
-                              : Botan::TLS::Signature_Scheme::RSA_PSS_SHA256;
+    const Botan::TLS::Signature_Scheme scheme = test_scheme(certificate, ecdsa, key_schemes);
     const std::string padding = Botan::TLS::padding_string_for_scheme(scheme);
     const Botan::Signature_Format format = ecdsa ? Botan::DER_SEQUENCE : Botan::IEEE_1363;
     const Bytes message = test_message(random);

@@ -24,6 +24,25 @@ using SslCtxPtr = ossl::Ptr<SSL_CTX, SSL_CTX_free>;
 
 constexpr unsigned tls13_suite_prefix = 0x13;
 
+struct PolicyScheme {
+    Signature_Scheme scheme;
+    std::string_view algorithm;  // Botan's name of the key type that signs it
+};
+
+// SHA-256 first, as in OpenSSL 3.0's default list, so that both stacks choose alike when the
+// client offers several hashes. TLS 1.2 does not tie an ECDSA hash to the curve.
+constexpr std::array<PolicyScheme, 9> preferred_schemes{{
+    {Signature_Scheme::ECDSA_SHA256, "ECDSA"},
+    {Signature_Scheme::ECDSA_SHA384, "ECDSA"},
+    {Signature_Scheme::ECDSA_SHA512, "ECDSA"},
+    {Signature_Scheme::RSA_PSS_SHA256, "RSA"},
+    {Signature_Scheme::RSA_PSS_SHA384, "RSA"},
+    {Signature_Scheme::RSA_PSS_SHA512, "RSA"},
+    {Signature_Scheme::RSA_PKCS1_SHA256, "RSA"},
+    {Signature_Scheme::RSA_PKCS1_SHA384, "RSA"},
+    {Signature_Scheme::RSA_PKCS1_SHA512, "RSA"},
+}};
+
 [[noreturn]] void throw_setting_error(const Config& config, std::string_view key,
                                       std::string_view value, std::string_view problem) {
     throw Error(ErrorKind::config, fmt::format("{}: [tls] {} = \"{}\": {}", config.source.string(),
@@ -167,13 +186,28 @@ std::vector<Group_Params> ConfigPolicy::key_exchange_groups() const {
 }
 
 std::vector<Signature_Scheme> ConfigPolicy::allowed_signature_schemes() const {
-    // SHA-256 first, as in OpenSSL 3.0's default list, so that both stacks choose alike when
-    // the client offers several hashes. TLS 1.2 does not tie an ECDSA hash to the curve.
-    return {Signature_Scheme::ECDSA_SHA256,     Signature_Scheme::ECDSA_SHA384,
-            Signature_Scheme::ECDSA_SHA512,     Signature_Scheme::RSA_PSS_SHA256,
-            Signature_Scheme::RSA_PSS_SHA384,   Signature_Scheme::RSA_PSS_SHA512,
-            Signature_Scheme::RSA_PKCS1_SHA256, Signature_Scheme::RSA_PKCS1_SHA384,
-            Signature_Scheme::RSA_PKCS1_SHA512};
+    const auto kept = [this](Signature_Scheme scheme) {
+        const auto code_point = static_cast<std::uint16_t>(scheme);
+        return !kept_schemes_ || std::find(kept_schemes_->begin(), kept_schemes_->end(),
+                                           code_point) != kept_schemes_->end();
+    };
+    std::vector<Signature_Scheme> allowed;
+    for (const PolicyScheme& entry : preferred_schemes) {
+        if (kept(entry.scheme)) {
+            allowed.push_back(entry.scheme);
+        }
+    }
+    return allowed;
+}
+
+std::vector<std::uint16_t> policy_schemes_for(std::string_view algorithm) {
+    std::vector<std::uint16_t> schemes;
+    for (const PolicyScheme& entry : preferred_schemes) {
+        if (entry.algorithm == algorithm) {
+            schemes.push_back(static_cast<std::uint16_t>(entry.scheme));
+        }
+    }
+    return schemes;
 }
 
 }  // namespace cloister::botan

@@ -4,7 +4,10 @@
 #include <botan/tls_policy.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/config.h"
@@ -40,11 +43,21 @@ class ConfigPolicy final : public Botan::TLS::Policy {
     // Names of configured suites and groups that Botan does not implement, for a log line.
     [[nodiscard]] const std::vector<std::string>& skipped() const { return skipped_; }
 
+    // Limits allowed_signature_schemes() to the schemes in keep, code points of RFC 8446
+    // section 4.2.3: the ones the keys of the session's vhost can sign. A session sets it on
+    // its own copy of the policy once it has chosen the vhost, before Botan picks a scheme.
+    void keep_only_schemes(std::vector<std::uint16_t> keep) { kept_schemes_ = std::move(keep); }
+
   private:
     std::vector<std::uint16_t> suites_;
     std::vector<Botan::TLS::Group_Params> groups_;
     bool prefer_server_ = true;
     std::vector<std::string> skipped_;
+    std::optional<std::vector<std::uint16_t>> kept_schemes_;  // unset: every scheme
 };
+
+// The schemes of allowed_signature_schemes(), as code points, that Botan can sign with a key
+// of algorithm ("RSA" or "ECDSA").
+std::vector<std::uint16_t> policy_schemes_for(std::string_view algorithm);
 
 }  // namespace cloister::botan

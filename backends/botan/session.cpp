@@ -83,8 +83,9 @@ BotanSession::BotanSession(const StackSettings& settings, KeyClient& key_client,
       fd_(client_fd),
       connection_id_(connection_id),
       credentials_(settings.certificates),
+      policy_(settings.policy),
       server_(std::make_unique<Botan::TLS::Server>(static_cast<Botan::TLS::Callbacks&>(*this),
-                                                   session_manager_, credentials_, settings.policy,
+                                                   session_manager_, credentials_, policy_,
                                                    random)) {}
 
 BotanSession::~BotanSession() = default;
@@ -407,6 +408,11 @@ void BotanSession::select_vhost(const Botan::TLS::Extensions& extensions) {
     }
     vhost_index_ = *selection.vhost;
     credentials_.select_vhost(vhost_index_);
+    if (vhost_index_ < settings_.key_schemes.size()) {
+        // Botan picks the ServerKeyExchange scheme from the policy after this callback, so a
+        // key that cannot sign RSA-PSS is never asked to.
+        policy_.keep_only_schemes(settings_.key_schemes[vhost_index_]);
+    }
 }
 
 std::string BotanSession::tls_server_choose_app_protocol(

@@ -35,6 +35,10 @@ struct StackSettings {
     std::vector<VhostCertificates> certificates;  // index: vhost
     AlpnMismatch alpn_mismatch = AlpnMismatch::continue_without_alpn;
     ConfigPolicy policy;
+    // Index: vhost. The SignatureScheme code points that the vhost's keys can sign, from the
+    // key process's key_info; empty until the stack's verify_keys, and then every scheme
+    // of the policy stays allowed.
+    std::vector<std::vector<std::uint16_t>> key_schemes;
 };
 
 // Runs Botan's TLS::Server over a socket it borrows. Botan hands every record to send to
@@ -101,6 +105,9 @@ class BotanSession final : public TlsSession, private Botan::TLS::Callbacks {
     std::uint64_t connection_id_;
     VhostCredentials credentials_;
     Botan::TLS::Session_Manager_Noop session_manager_;
+    // This session's copy of settings.policy, limited to the schemes of the vhost's keys once
+    // select_vhost has chosen it. Botan keeps a reference to it.
+    ConfigPolicy policy_;
 
     std::vector<std::uint8_t> outgoing_;  // records Botan emitted that the socket has not taken
     std::size_t outgoing_sent_ = 0;

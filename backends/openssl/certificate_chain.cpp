@@ -1,11 +1,13 @@
 #include "backends/openssl/certificate_chain.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -15,6 +17,7 @@
 
 #include "backends/openssl/openssl_errors.h"
 #include "core/error.h"
+#include "core/fd.h"
 
 namespace cloister::ossl {
 namespace {
@@ -53,13 +56,25 @@ struct ChainFile {
     }
 };
 
+// Opens a regular file only. O_NONBLOCK makes opening a FIFO without a writer return at once
+// instead of blocking start-up, and reads from a regular file ignore it.
 BioPtr open_file(const ChainFile& file) {
-    BioPtr bio(BIO_new_file(file.path.c_str(), "r"));
-    if (!bio) {
-        const int error_number = errno;
-        ERR_clear_error();
-        throw file.error(fmt::format("cannot be read: {}", std::strerror(error_number)));
+    Fd fd(::open(file.path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+    if (!fd) {
+        throw file.error(fmt::format("cannot be read: {}", std::strerror(errno)));
     }
+    struct stat info {};
+    if (::fstat(fd.get(), &info) != 0) {
+        throw file.error(fmt::format("cannot be read: {}", std::strerror(errno)));
+    }
+    if (!S_ISREG(info.st_mode)) {
+        throw file.error("is not a regular file; expected a PEM file");
+    }
+    BioPtr bio(BIO_new_fd(fd.get(), BIO_CLOSE));
+    if (!bio) {
+        throw file.error(fmt::format("cannot be read: {}", take_openssl_errors()));
+    }
+    static_cast<void>(fd.release());  // the BIO closes it
     return bio;
 }
 

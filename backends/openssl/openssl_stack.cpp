@@ -92,7 +92,7 @@ class OpensslStack final : public TlsStack {
     int select_protocol(SSL* ssl, const unsigned char** selected, unsigned char* selected_length,
                         std::span<const unsigned char> offered) const;
     static int on_client_hello(SSL* ssl, int* alert, void* arg);
-    void limit_version(SSL* ssl) const;
+    int prepare_vhost(SSL* ssl, int* alert) const;
     void apply_key_signing(std::size_t vhost, KeyClient& client);
 
     // Declared first, so that it outlives every SSL_CTX and key created in it.
@@ -219,23 +219,45 @@ int OpensslStack::on_server_name(SSL* ssl, int* alert, void* arg) {
     }
 }
 
-// Runs first for every ClientHello, before the protocol version is chosen; the servername
-// callback runs after it. A vhost's TLS 1.2 limit must be set here, because switching the
-// SSL_CTX later does not change the negotiated version.
-int OpensslStack::on_client_hello(SSL* ssl, int* /*alert*/, void* arg) {
-    static_cast<const OpensslStack*>(arg)->limit_version(ssl);
-    return SSL_CLIENT_HELLO_SUCCESS;
+// Runs first for every ClientHello, before the protocol version is chosen and before a
+// session ticket is decrypted; the servername callback runs after it. A vhost's TLS 1.2 limit
+// and its session id context must be set here, because switching the SSL_CTX later changes
+// neither the negotiated version nor a resumption already decided.
+int OpensslStack::on_client_hello(SSL* ssl, int* alert, void* arg) {
+    return static_cast<const OpensslStack*>(arg)->prepare_vhost(ssl, alert);
 }
 
-// Chooses the vhost exactly as select_vhost does, from the same server name, and caps the
-// version when that vhost serves TLS 1.2 only. A ClientHello that the table rejects is left
-// to the servername callback, which ends it.
-void OpensslStack::limit_version(SSL* ssl) const {
+// Binds the sessions of ssl to the vhost: OpenSSL resumes a session (TLS 1.2 ticket or TLS
+// 1.3 PSK ticket) only under the session id context it was made with, so a session of one
+// vhost leads to a full handshake with the certificate of another. Returns false on failure.
+bool bind_sessions_to_vhost(SSL* ssl, std::size_t vhost) {
+    const std::string context = fmt::format("cloister vhost {}", vhost);
+    return context.size() <= SSL_MAX_SID_CTX_LENGTH &&
+           SSL_set_session_id_context(ssl, reinterpret_cast<const unsigned char*>(context.data()),
+                                      static_cast<unsigned int>(context.size())) == 1;
+}
+
+// Chooses the vhost exactly as select_vhost does, from the same server name, binds the
+// session to it and caps the version when that vhost serves TLS 1.2 only. A ClientHello that
+// the table rejects is left to the servername callback, which ends it.
+int OpensslStack::prepare_vhost(SSL* ssl, int* alert) const {
     const std::optional<std::string_view> sni = ossl::client_hello_server_name(ssl);
     const std::optional<std::size_t> vhost = vhosts_.select(sni).vhost;
-    if (vhost && *vhost < tls12_only_.size() && tls12_only_[*vhost]) {
+    if (!vhost) {
+        return SSL_CLIENT_HELLO_SUCCESS;
+    }
+    if (!bind_sessions_to_vhost(ssl, *vhost)) {
+        const OpensslSession* session = OpensslSession::from(ssl);
+        spdlog::error("connection {}: cannot set the session id context of vhost {}: {}",
+                      session != nullptr ? session->connection_id() : 0, *vhost,
+                      ossl::take_openssl_errors());
+        *alert = SSL_AD_INTERNAL_ERROR;
+        return SSL_CLIENT_HELLO_ERROR;
+    }
+    if (*vhost < tls12_only_.size() && tls12_only_[*vhost]) {
         SSL_set_max_proto_version(ssl, TLS1_2_VERSION);
     }
+    return SSL_CLIENT_HELLO_SUCCESS;
 }
 
 int OpensslStack::select_vhost(SSL* ssl, int* alert) {

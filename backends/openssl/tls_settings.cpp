@@ -81,8 +81,8 @@ void apply_tls_settings(SSL_CTX* context, const Config& config) {
     SSL_CTX_set_options(context, options);
     // Each connection process serves one connection, so a session cache would never be hit.
     // Stateless tickets still allow resumption, because every child inherits the ticket keys.
-    // NOTE: tickets are not bound to a vhost, so a session of one vhost resumes under another
-    // vhost's name without that vhost's certificate being presented.
+    // The ClientHello callback of OpensslStack binds each session to its vhost with a session
+    // id context, so a ticket resumes only on the vhost that issued it.
     SSL_CTX_set_session_cache_mode(context, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_mode(context, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 }

@@ -952,8 +952,9 @@ class Daemon:
     def connection_records(self, since: int = 0) -> list[dict[str, str]]:
         """Parse every "connection closed:" line after ``since`` into a dict of its fields.
 
-        Fields: peer, sni, vhost, protocol, cipher, scheme, bytes_in (plaintext bytes from
-        the client), bytes_out (plaintext bytes to the client), duration_ms, result.
+        Fields: peer, sni, vhost, protocol, cipher, scheme, alpn ("-" when none was agreed),
+        bytes_in (plaintext bytes from the client), bytes_out (plaintext bytes to the client),
+        duration_ms, result.
         """
         return [dict(_FIELD_RE.findall(match.group(1)))
                 for match in _RECORD_RE.finditer(self.log, since)]

@@ -212,6 +212,7 @@ class Tls13ClientCases:
         self.assertEqual(record.get("vhost"), "rsa.example.test", record)
         self.assertEqual(record.get("protocol"), protocol, record)
         self.assertEqual(record.get("scheme"), "rsa_pss_rsae_sha384", record)
+        self.assertEqual(record.get("alpn"), "http/1.1", record)
 
     def test_vhost_selection(self):
         for servername, vhost in self.VHOST_CASES:
@@ -321,7 +322,9 @@ class AlpnCases:
         self.assertEqual(result.returncode, 0, details)
         self.assertEqual(alpn_of(result), expected, details)
         self.assertIn(HTTP_BODY, result.stdout, details)
-        self.assertEqual(self.daemon.wait_for_record(mark, sni=servername)["result"], "ok")
+        record = self.daemon.wait_for_record(mark, sni=servername)
+        self.assertEqual(record.get("result"), "ok", record)
+        self.assertEqual(record.get("alpn"), expected or "-", record)
 
     def check_rejected(self, offer):
         mark = self.daemon.log_mark()

@@ -1,5 +1,6 @@
 """Command line and start-up: --check-config, key checks, chain order and process titles."""
 
+import os
 import re
 import shutil
 import signal
@@ -252,6 +253,40 @@ class ProcessTitleTest(unittest.TestCase):
 
     def test_no_zombie_children(self):
         self.daemon.assert_no_zombies()
+
+
+class InterruptTest(unittest.TestCase):
+    """Ctrl-C in a terminal sends SIGINT to the whole process group. Only the supervisor acts
+    on it: a live connection is drained, and every process exits cleanly."""
+
+    def test_sigint_to_process_group_drains_live_connection(self):
+        pki = harness.pki()
+        with harness.EchoBackend() as backend:
+            document = harness.config(
+                [harness.vhost(["www.example.test"], backend, pki.p256, default=True)],
+                [pki.p256])
+            with harness.Daemon(document) as daemon:
+                self.check_interrupt(daemon)
+
+    def check_interrupt(self, daemon):
+        with harness.tls_connect(daemon.port) as held:
+            held.sendall(b"before")
+            self.assertEqual(held.recv(16), b"before")
+            mark = daemon.log_mark()
+            os.killpg(daemon.pid, signal.SIGINT)
+            daemon.wait_for_log(r"stopping: draining 1 connections", since=mark)
+            held.sendall(b"after")
+            self.assertEqual(held.recv(16), b"after")
+            held.unwrap()
+        status = daemon.process.wait(timeout=harness.STOP_TIMEOUT)
+        log = daemon.log[mark:]
+        self.assertEqual(status, 0, log)
+        self.assertIn("stopped", log)
+        record = daemon.wait_for_record(mark, result="ok")
+        self.assertEqual(record.get("bytes_in"), str(len(b"beforeafter")), record)
+        self.assertIn("control channel closed by the supervisor; key process stopping", log)
+        self.assertNotIn("stopping on SIGINT", log)
+        self.assertNotRegex(log, r"exited \((signal|status [1-9])")
 
 
 if __name__ == "__main__":

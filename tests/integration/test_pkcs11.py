@@ -405,6 +405,75 @@ class MechanismLimitsTest(unittest.TestCase):
                       "1.3 requires of RSA keys, and [tls] min-version is 1.3", output)
 
 
+class BotanMechanismLimitsTest(unittest.TestCase):
+    """The Botan stack (TLS 1.2 only) with token keys whose CKA_ALLOWED_MECHANISMS lists or
+    leaves out RSA-PSS: pss.example.test allows both paddings, v15.example.test PKCS#1 v1.5
+    only, so Botan must never ask it for an RSA-PSS signature."""
+
+    @classmethod
+    def setUpClass(cls):
+        reason = missing_tools()
+        if reason:
+            raise unittest.SkipTest(reason)
+        cls.token = Token("botanlimits")
+        pss = issue_for_public_key("botanpss", cls.token.generate_rsa(
+            "botanpss", "RSA-PKCS-PSS,SHA256-RSA-PKCS-PSS,RSA-PKCS,SHA256-RSA-PKCS"))
+        v15 = issue_for_public_key("botanv15", cls.token.generate_rsa(
+            "botanv15", "RSA-PKCS,SHA256-RSA-PKCS"))
+        cls.backend = harness.HttpBackend(HTTP_BODY).start()
+        cls.addClassCleanup(cls.backend.stop)
+        vhosts = [harness.vhost(["pss.example.test"], cls.backend, pss, default=True),
+                  harness.vhost(["v15.example.test"], cls.backend, v15)]
+        keys = [cls.token.key_entry("botanpss"), cls.token.key_entry("botanv15")]
+        scope = environment(cls.token.environment)
+        scope.__enter__()
+        cls.addClassCleanup(scope.__exit__, None, None, None)
+        cls.daemon = harness.Daemon(token_config(vhosts, keys, tls_backend="botan"))
+        cls.addClassCleanup(cls.daemon.close)
+        cls.daemon.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+
+    def expect_handshake(self, servername, signature_type, scheme):
+        mark = self.daemon.log_mark()
+        # OpenSSL's client offers the RSA-PSS schemes before the PKCS#1 v1.5 ones.
+        result = handshake(self.daemon, servername, "1.2")
+        details = result.describe() + self.daemon.log_since(mark)
+        self.assertEqual(result.returncode, 0, details)
+        self.assertEqual(result.protocol, "TLSv1.2", details)
+        self.assertEqual(result.peer_signature_type, signature_type, details)
+        self.assertEqual(result.stdout.count(HTTP_BODY), 1, details)
+        record = self.daemon.wait_for_record(mark, sni=servername)
+        self.assertEqual(record.get("scheme"), scheme, record)
+        self.assertNotIn("refused", self.daemon.log[mark:])
+
+    def test_pkcs1_key_signs_pkcs1(self):
+        self.expect_handshake("v15.example.test", "RSA", "rsa_pkcs1_sha256")
+
+    def test_pss_key_signs_pss(self):
+        self.expect_handshake("pss.example.test", "RSA-PSS", "rsa_pss_rsae_sha256")
+
+    def test_pkcs1_key_never_offers_pss(self):
+        stats = self.daemon.key_stats()
+        mark = self.daemon.log_mark()
+        result = handshake(self.daemon, "v15.example.test", "1.2", "RSA-PSS+SHA256")
+        details = result.describe() + self.daemon.log_since(mark)
+        self.assertNotEqual(result.returncode, 0, details)
+        self.assertIsNone(result.protocol, details)
+        self.assertEqual(alert_number(result), 40, details)  # handshake_failure
+        self.daemon.wait_for_record(mark, result="handshake_failed")
+        self.assertEqual(self.daemon.key_stats()["signatures"], stats["signatures"], details)
+
+    def test_missing_schemes_logged(self):
+        log = self.daemon.log
+        self.assertRegex(log, r"botan: vhost 'v15\.example\.test' does not offer "
+                              r"RSA_PSS_SHA256, RSA_PSS_SHA384, RSA_PSS_SHA512: key 'botanv15' "
+                              r"cannot sign them")
+        self.assertNotIn("vhost 'pss.example.test' does not offer", log)
+
+
 class TokenWithoutPssTest(unittest.TestCase):
     """A token whose mechanism list has no RSA-PSS at all (softhsm2.conf slots.mechanisms)."""
 

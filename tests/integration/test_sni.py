@@ -8,8 +8,11 @@ from SNI") is the specification.
 
 import hashlib
 import re
+import shutil
 import ssl
+import tempfile
 import unittest
+from pathlib import Path
 
 import harness
 
@@ -135,6 +138,71 @@ class ExactBeforeWildcardTest(unittest.TestCase):
         # b.a.example.test matches no server name, so the default vhost serves it.
         self.probe.served("b.a.example.test", self.wildcard_cert, self.wildcard,
                           "*.example.test")
+
+
+class SessionVhostBindingTest(unittest.TestCase):
+    """A session made on one vhost resumes on that vhost only. Offered to another vhost, whose
+    certificate differs, it leads to a full handshake that presents that vhost's certificate."""
+
+    @classmethod
+    def setUpClass(cls):
+        pki = harness.pki()
+        cls.cert_a = pki.make_leaf("resume-a", "p256", sans=["a.example.test"])
+        cls.cert_b = pki.make_leaf("resume-b", "p256", sans=["b.example.test"])
+        cls.backend_a = harness.HttpBackend(EXACT_BODY).start()
+        cls.addClassCleanup(cls.backend_a.stop)
+        cls.backend_b = harness.HttpBackend(OTHER_BODY).start()
+        cls.addClassCleanup(cls.backend_b.stop)
+        vhosts = [
+            harness.vhost(["a.example.test"], cls.backend_a, cls.cert_a, default=True),
+            harness.vhost(["b.example.test"], cls.backend_b, cls.cert_b),
+        ]
+        document = harness.config(vhosts, [cls.cert_a, cls.cert_b])
+        cls.daemon = harness.Daemon(document)
+        cls.addClassCleanup(cls.daemon.close)
+        cls.daemon.start()
+        cls.folder = Path(tempfile.mkdtemp(prefix="sessions-", dir=harness.run_dir()))
+        cls.addClassCleanup(shutil.rmtree, cls.folder, ignore_errors=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+
+    def connect(self, servername, version, *options):
+        """Run s_client with SNI ``servername`` and the extra ``options``; return the result,
+        its details for messages and the connection record."""
+        mark = self.daemon.log_mark()
+        result = harness.s_client(self.daemon.port, servername=servername, version=version,
+                                  showcerts=True, extra=list(options),
+                                  request=harness.http_request(servername))
+        details = result.describe() + self.daemon.log_since(mark)
+        self.assertEqual(result.returncode, 0, details)
+        return result, details, self.daemon.wait_for_record(mark, sni=servername)
+
+    def check_session_stays_on_its_vhost(self, version):
+        session = self.folder / f"session-{version}.pem"
+        made, details, _ = self.connect("a.example.test", version, "-sess_out", str(session))
+        self.assertIn("New,", made.text, details)
+        self.assertTrue(session.exists(), details)
+        # The same vhost resumes, so the session file is usable.
+        resumed, details, record = self.connect("a.example.test", version, "-sess_in",
+                                                str(session))
+        self.assertIn("Reused,", resumed.text, details)
+        self.assertEqual(record.get("scheme"), "-", record)
+        other, details, record = self.connect("b.example.test", version, "-sess_in",
+                                              str(session))
+        self.assertIn("New,", other.text, details)
+        self.assertNotIn("Reused,", other.text, details)
+        self.assertEqual(served_fingerprint(other), leaf_fingerprint(self.cert_b), details)
+        self.assertEqual(other.stdout.count(self.backend_b.response), 1, details)
+        self.assertEqual(record.get("vhost"), "b.example.test", record)
+        self.assertNotEqual(record.get("scheme"), "-", record)
+
+    def test_tls12_session_id_ticket_stays_on_its_vhost(self):
+        self.check_session_stays_on_its_vhost("1.2")
+
+    def test_tls13_ticket_stays_on_its_vhost(self):
+        self.check_session_stays_on_its_vhost("1.3")
 
 
 # The clients of the policy matrix that the fallback policies decide: (description, SNI).

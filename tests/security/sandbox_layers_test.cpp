@@ -292,7 +292,7 @@ TEST(SandboxPlans, ConnectionAndKeyRoles) {
     EXPECT_EQ(key.user->name, "daemon");
     EXPECT_EQ(key.root, root.path());
     EXPECT_TRUE(key.namespaces.network);
-    EXPECT_EQ(key.limits.processes, rlim_t{5});
+    EXPECT_EQ(key.limits.processes, rlim_t{10});
     ASSERT_TRUE(key.seccomp);
     EXPECT_EQ(*key.seccomp, SeccompRole::key_memory);
 }
@@ -307,7 +307,7 @@ TEST(SandboxPlans, WorkerCountFollowsConfig) {
 
 // ---- children in a PID namespace -------------------------------------------------------
 
-TEST(SandboxSpawn, ChildIsPidOneAndNextChildIsNot) {
+TEST(SandboxSpawn, ChildStartsAsPidOne) {
     if (!running_as_root()) {
         GTEST_SKIP() << "a new PID namespace needs CAP_SYS_ADMIN";
     }

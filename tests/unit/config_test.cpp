@@ -2,17 +2,22 @@
 // messages and locations, path resolution and durations.
 #include "core/config.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include "core/fd.h"
 
 namespace cloister {
 namespace {
@@ -774,6 +779,61 @@ TEST(ConfigLoad, MissingFile) {
                      "/nonexistent/cloister.toml: failed to open the config file: No such file "
                      "or directory");
     }
+}
+
+// Returns the message of the config error that load_config throws for path, or "" when it
+// loads.
+std::string load_error_of(const std::filesystem::path& path) {
+    try {
+        static_cast<void>(load_config(path));
+    } catch (const Error& error) {
+        EXPECT_EQ(error.kind(), ErrorKind::config);
+        return error.what();
+    }
+    return {};
+}
+
+TEST(ConfigLoad, DirectoryRejected) {
+    EXPECT_EQ(load_error_of("/"), "/: the config file is not a regular file; expected a TOML file");
+}
+
+// A FIFO with a writer that never closes it blocked start-up forever before the type check.
+TEST(ConfigLoad, FifoRejectedWithoutBlocking) {
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "cloister-config-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    const std::filesystem::path fifo = std::filesystem::path(pattern) / "cloister.toml";
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    Fd writer(::open(fifo.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
+    ASSERT_TRUE(writer);
+    ASSERT_EQ(::write(writer.get(), "# comment\n", 10), 10);
+
+    auto loading = std::async(std::launch::async, [&fifo] { return load_error_of(fifo); });
+    const bool finished = loading.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+    writer.reset();  // ends a read that blocked, so that the test fails instead of hanging
+    const std::string message = loading.get();
+    std::filesystem::remove_all(pattern);
+
+    EXPECT_TRUE(finished) << "load_config blocked on a FIFO";
+    EXPECT_EQ(message,
+              fifo.string() + ": the config file is not a regular file; expected a TOML file");
+}
+
+TEST(ConfigLoad, OversizedFileRejected) {
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "cloister-config-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    const std::filesystem::path file = std::filesystem::path(pattern) / "cloister.toml";
+    {
+        std::ofstream out(file);
+        out << kMinimal << '#' << std::string(4 * 1024 * 1024, 'x') << '\n';
+    }
+    const std::string message = load_error_of(file);
+    std::filesystem::remove_all(pattern);
+
+    EXPECT_EQ(message, file.string() + ": the config file has " +
+                           std::to_string(kMinimal.size() + 4 * 1024 * 1024 + 2) +
+                           " bytes, more than the maximum of 4194304");
 }
 
 TEST(SourceLocationFormat, FileLineColumn) {

@@ -27,6 +27,7 @@ ConnectionSummary full_summary() {
     summary.protocol = "TLSv1.3";
     summary.cipher = "TLS_AES_256_GCM_SHA384";
     summary.scheme = "rsa_pss_rsae_sha256";
+    summary.alpn = "http/1.1";
     summary.bytes_in = 78;
     summary.bytes_out = 1234;
     summary.duration = 15ms;
@@ -37,7 +38,8 @@ TEST(FormatSummary, OkLineHasEveryField) {
     EXPECT_EQ(format_summary(full_summary()),
               "connection closed: peer=127.0.0.1:5555 sni=www.example.test "
               "vhost=www.example.test protocol=TLSv1.3 cipher=TLS_AES_256_GCM_SHA384 "
-              "scheme=rsa_pss_rsae_sha256 bytes_in=78 bytes_out=1234 duration_ms=15 result=ok");
+              "scheme=rsa_pss_rsae_sha256 alpn=http/1.1 bytes_in=78 bytes_out=1234 "
+              "duration_ms=15 result=ok");
 }
 
 TEST(FormatSummary, FailureHasQuotedReason) {
@@ -47,7 +49,7 @@ TEST(FormatSummary, FailureHasQuotedReason) {
     summary.reason = "no shared cipher \"x\"";
     EXPECT_EQ(format_summary(summary),
               "connection closed: peer=[::1]:4000 sni=- vhost=- protocol=- cipher=- scheme=- "
-              "bytes_in=0 bytes_out=0 duration_ms=0 result=handshake_failed "
+              "alpn=- bytes_in=0 bytes_out=0 duration_ms=0 result=handshake_failed "
               "reason=\"no shared cipher \\x22x\\x22\"");
 }
 

@@ -17,6 +17,7 @@
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -972,6 +973,19 @@ TEST_F(KeyProcessTest, UnsupportedCurveFailsToLoad) {
     EXPECT_THAT(read_text(log_file_),
                 HasSubstr("key 'p521' (" + path("p521.pem").string() +
                           "): EC curve secp521r1 is not supported; use P-256 or P-384"));
+}
+
+// A FIFO without a writer blocked the key process in open() before the regular-file check.
+TEST_F(KeyProcessTest, FifoKeyFileFailsWithoutBlocking) {
+    const fs::path fifo = path("fifo.pem");
+    fs::remove(fifo);
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    Config config = make_config();
+    config.keys.push_back(key_config("fifo", "fifo.pem"));
+    EXPECT_EQ(run_to_exit(config), key_process_exit_key_load_failed);
+    EXPECT_THAT(read_text(log_file_),
+                HasSubstr("key 'fifo' (" + fifo.string() + "): key file is not a regular file"));
+    fs::remove(fifo);
 }
 
 TEST_F(KeyProcessTest, WrongPassphraseFailsToLoad) {

@@ -11,6 +11,7 @@
 
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 
@@ -83,6 +84,27 @@ TEST(OpenListener, AddressInUseNamesAddress) {
         EXPECT_EQ(error.error_number(), EADDRINUSE);
         EXPECT_EQ(std::string(error.what()),
                   "bind to " + same.text + " failed: Address already in use");
+    }
+}
+
+TEST(OpenListeners, AddressInUseNamesLocationAndFix) {
+    const Listener first = open_listener(tcp_address("127.0.0.1", 0));
+    const std::string port = first.address.substr(first.address.rfind(':') + 1);
+    const std::vector<ListenerConfig> listeners{
+        {tcp_address("127.0.0.1", 0), SourceLocation{"cloister.toml", 2, 11}},
+        {tcp_address("127.0.0.1", static_cast<std::uint16_t>(std::stoi(port))),
+         SourceLocation{"cloister.toml", 5, 11}},
+    };
+    try {
+        static_cast<void>(open_listeners(listeners));
+        FAIL() << "a second listener bound port " << port;
+    } catch (const Error& error) {
+        EXPECT_EQ(error.kind(), ErrorKind::system);
+        EXPECT_EQ(error.error_number(), EADDRINUSE);
+        EXPECT_EQ(std::string(error.what()),
+                  "cloister.toml:5:11: listener[1].address: bind to 127.0.0.1:" + port +
+                      " failed: Address already in use; stop the program that uses this "
+                      "address or choose another one");
     }
 }
 

@@ -2,6 +2,7 @@
 // SNI, chain ordering, the key check, errors from the key channel, and fork behaviour.
 #include "backends/openssl/openssl_stack.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <openssl/err.h>
 #include <openssl/rand.h>
@@ -11,6 +12,7 @@
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,6 +25,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iterator>
 #include <memory>
 #include <optional>
@@ -38,6 +41,7 @@
 #include "backends/openssl/provider.h"
 #include "backends/openssl/remote_key.h"
 #include "core/error.h"
+#include "core/fd.h"
 #include "core/key_client.h"
 #include "core/key_protocol.h"
 #include "keyprovider/key_process.h"
@@ -669,6 +673,38 @@ TEST(OpensslStackTest, ChainFileMissingRejected) {
     Config config = world().config;
     config.vhosts[chain_vhost].certificates[0].chain = world().pki->path("absent.pem");
     expect_config_error(config, {"test.toml:40:1", "absent.pem", "No such file"});
+}
+
+TEST(OpensslStackTest, ChainDirectoryRejected) {
+    ASSERT_TRUE(world().ready);
+    const std::filesystem::path directory = world().pki->path("chain-directory.pem");
+    std::filesystem::create_directories(directory);
+    Config config = world().config;
+    config.vhosts[chain_vhost].certificates[0].chain = directory;
+    expect_config_error(config, {"chain-directory.pem", "is not a regular file"});
+}
+
+// A FIFO without a writer blocked start-up in open() before the regular-file check.
+TEST(OpensslStackTest, ChainFifoRejectedWithoutBlocking) {
+    ASSERT_TRUE(world().ready);
+    const std::filesystem::path fifo = world().pki->path("chain-fifo.pem");
+    std::filesystem::remove(fifo);
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    Config config = world().config;
+    config.vhosts[chain_vhost].certificates[0].chain = fifo;
+
+    auto loading = std::async(std::launch::async, [&config] {
+        expect_config_error(config, {"chain-fifo.pem", "is not a regular file"});
+    });
+    const bool finished = loading.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+    if (!finished) {
+        // Opening and closing a writer ends the blocked open, so that the test fails instead
+        // of hanging.
+        const Fd writer(::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
+    }
+    loading.get();
+    std::filesystem::remove(fifo);
+    EXPECT_TRUE(finished) << "loading the chain blocked on a FIFO";
 }
 
 TEST(OpensslStackTest, BadCipherListRejected) {

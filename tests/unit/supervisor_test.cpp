@@ -621,7 +621,7 @@ TEST_F(SupervisorTest, ServesConnectionAndLogsSummary) {
     EXPECT_TRUE(std::regex_search(
         *line, std::regex("connection\\[\\d+\\]: connection closed: peer=127\\.0\\.0\\.1:\\d+ "
                           "sni=fake\\.example\\.test vhost=fake protocol=plain cipher=none "
-                          "scheme=fake_scheme bytes_in=4 bytes_out=4 duration_ms=\\d+ "
+                          "scheme=fake_scheme alpn=- bytes_in=4 bytes_out=4 duration_ms=\\d+ "
                           "result=ok$")))
         << *line;
     EXPECT_TRUE(eventually([&] { return spares() == 2; }));
