@@ -139,6 +139,7 @@ void reset_signals_after_fork() {
 void ignore_terminal_signals() {
     static_cast<void>(std::signal(SIGINT, SIG_IGN));
     static_cast<void>(std::signal(SIGQUIT, SIG_IGN));
+    static_cast<void>(std::signal(SIGHUP, SIG_IGN));
 }
 
 void close_descriptors_except(std::vector<int> keep) {

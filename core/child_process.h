@@ -16,11 +16,12 @@ namespace cloister {
 // Restores the default action of every signal and unblocks them all, because a child
 // inherits the supervisor's blocked mask (the supervisor reads signals with signalfd).
 // SIGPIPE is then ignored: a write to a closed socket returns EPIPE instead of killing the
-// process. SIGINT and SIGQUIT are ignored too (ignore_terminal_signals).
+// process. SIGINT, SIGQUIT and SIGHUP are ignored too (ignore_terminal_signals).
 void reset_signals_after_fork();
 
-// Ignores SIGINT and SIGQUIT. The terminal sends them to the whole foreground process group,
-// and only the supervisor acts on them: it drains, and stops its children when it chooses.
+// Ignores SIGINT, SIGQUIT and SIGHUP. A terminal sends them to the whole foreground process
+// group (SIGHUP when it hangs up), and only the supervisor acts on them: it drains, and stops
+// its children when it chooses.
 void ignore_terminal_signals();
 
 // Closes every descriptor except those in keep, then opens /dev/null on 0 and 1 when they

@@ -166,6 +166,9 @@ std::vector<std::uint8_t> KeyClient::public_key(std::uint32_t key_index) {
     request.type = keyproto::MessageType::public_key;
     request.key_index = key_index;
     keyproto::Response response = round_trip(std::move(request));
+    if (response.status == keyproto::Status::public_key_unknown) {
+        return {};
+    }
     if (response.payload.empty()) {
         throw Error(ErrorKind::protocol, "key process returned an empty public key");
     }
@@ -217,7 +220,9 @@ keyproto::Response KeyClient::round_trip(keyproto::Request request) {
     }
     keyproto::Response& response = *decoded.value;
     check_matches(request, response);
-    if (response.status != keyproto::Status::ok) {
+    const bool unknown_public_key = request.type == keyproto::MessageType::public_key &&
+                                    response.status == keyproto::Status::public_key_unknown;
+    if (response.status != keyproto::Status::ok && !unknown_public_key) {
         throw_status(request, response.status);
     }
     return std::move(response);

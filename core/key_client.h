@@ -23,7 +23,8 @@ public:
     std::vector<std::uint8_t> sign(std::uint32_t key_index, std::uint16_t scheme,
                                    std::span<const std::uint8_t> message);
 
-    // Returns the DER SubjectPublicKeyInfo of key_index.
+    // Returns the DER SubjectPublicKeyInfo of key_index, or an empty vector when the key
+    // process answers public_key_unknown (a token key without public material).
     std::vector<std::uint8_t> public_key(std::uint32_t key_index);
 
     // Decrypts the RSA-encrypted premaster secret of a TLS 1.2 ClientKeyExchange with

@@ -104,7 +104,7 @@ bool is_request_type(std::uint8_t type) {
 }
 
 bool is_status(std::uint16_t status) {
-    return status <= static_cast<std::uint16_t>(Status::failed);
+    return status <= static_cast<std::uint16_t>(Status::public_key_unknown);
 }
 
 template <typename T>
@@ -302,6 +302,8 @@ const char* to_string(Status status) noexcept {
             return "quota_exceeded";
         case Status::failed:
             return "failed";
+        case Status::public_key_unknown:
+            return "public_key_unknown";
     }
     return "unknown";
 }

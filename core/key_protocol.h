@@ -69,6 +69,9 @@ enum class Status : std::uint16_t {
     refused = 4,             // the signing policy refused the message, or decrypt is off
     quota_exceeded = 5,      // the channel used up its operations
     failed = 6,              // the key store failed to sign or decrypt
+    // public_key only: the store has the private key without its public key, so the
+    // certificate check relies on a test signature
+    public_key_unknown = 7,
 };
 
 // TLS SignatureScheme code points (RFC 8446 section 4.2.3).

@@ -153,7 +153,7 @@ void exit_on_stop_signals() {
     struct sigaction action {};
     action.sa_handler = exit_on_signal;
     sigemptyset(&action.sa_mask);
-    for (const int signal_number : {SIGTERM, SIGHUP, SIGALRM}) {
+    for (const int signal_number : {SIGTERM, SIGALRM}) {
         if (::sigaction(signal_number, &action, nullptr) != 0) {
             throw_system_error("sigaction for signal " + std::to_string(signal_number));
         }

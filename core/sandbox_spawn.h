@@ -33,11 +33,11 @@ struct NamespaceSupport {
 // child cannot be started or reaped.
 NamespaceSupport probe_namespaces();
 
-// Makes SIGTERM, SIGHUP and SIGALRM end the process with exit status 128 + the signal number.
+// Makes SIGTERM and SIGALRM end the process with exit status 128 + the signal number.
 // A process that is PID 1 of a PID namespace needs this, because the kernel discards every
 // signal whose action is the default there, SIGKILL from an ancestor namespace excepted. The
-// process's wait status then shows an exit, not a signal. SIGINT and SIGQUIT keep their
-// action (ignore_terminal_signals ignores them in children).
+// process's wait status then shows an exit, not a signal. SIGINT, SIGQUIT and SIGHUP keep
+// their action (ignore_terminal_signals ignores them in children).
 void exit_on_stop_signals();
 
 // The exit status exit_on_stop_signals gives a process that signal_number stopped.

@@ -397,6 +397,8 @@ void KeyServer::record(const Source& channel, const keyproto::Request& request,
     const std::uint64_t id = channel.state.connection_id;
     if (status == Status::ok) {
         spdlog::debug("connection {}: served {}", id, describe_request(request));
+    } else if (status == Status::public_key_unknown) {
+        spdlog::debug("connection {}: {}: {}", id, describe_request(request), result.reason);
     } else if (is_refusal(status)) {
         spdlog::warn("connection {}: {} refused ({}): {}", id, describe_request(request),
                      keyproto::to_string(status), result.reason);

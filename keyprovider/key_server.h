@@ -40,7 +40,7 @@ class KeyProcessStats {
     [[nodiscard]] std::string summary() const;
 
   private:
-    static constexpr std::size_t status_count = 7;  // Status::ok to Status::failed
+    static constexpr std::size_t status_count = 8;  // Status::ok to Status::public_key_unknown
 
     std::atomic<std::uint64_t> channels_{0};
     std::atomic<std::uint64_t> signatures_{0};

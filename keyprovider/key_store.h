@@ -35,7 +35,8 @@ class KeyStore {
     // The key name from the config, for log lines.
     [[nodiscard]] virtual const std::string& key_name(std::size_t index) const = 0;
     [[nodiscard]] virtual KeyType key_type(std::size_t index) const = 0;
-    // Returns the key's SubjectPublicKeyInfo, DER.
+    // Returns the key's SubjectPublicKeyInfo, DER, or an empty vector when the store has
+    // the private key without its public key (a token key without public material).
     [[nodiscard]] virtual std::vector<std::uint8_t> public_key(std::size_t index) const = 0;
     // Hashes and signs the whole message as scheme prescribes and returns the signature in TLS
     // wire form (DER for ECDSA). Throws Error(policy) when scheme does not fit the key and

@@ -70,7 +70,14 @@ HandlerResult RequestHandler::public_key(const Request& request) const {
                            fmt::format("key index {} does not exist ({} keys loaded)",
                                        request.key_index, store_.size()));
     }
-    return make_ok(request, store_.public_key(request.key_index));
+    std::vector<std::uint8_t> public_key = store_.public_key(request.key_index);
+    if (public_key.empty()) {
+        return make_result(request, Status::public_key_unknown,
+                           fmt::format("key {} has no public key in its store; the certificate "
+                                       "check relies on a test signature",
+                                       request.key_index));
+    }
+    return make_ok(request, std::move(public_key));
 }
 
 HandlerResult RequestHandler::sign(const Request& request, ChannelState& channel) const {

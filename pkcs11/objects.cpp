@@ -205,9 +205,9 @@ Bytes unwrap_point(const Bytes& stored, std::size_t raw_size) {
 }
 
 // The public key object that belongs to a private key: same CKA_ID, or the same label when
-// the private key has no id.
-CK_OBJECT_HANDLE find_public_object(const CK_FUNCTION_LIST& api, CK_SESSION_HANDLE session,
-                                    const TokenKey& key) {
+// the private key has no id. Returns nullopt when the token has none.
+std::optional<CK_OBJECT_HANDLE> find_public_object(const CK_FUNCTION_LIST& api,
+                                                   CK_SESSION_HANDLE session, const TokenKey& key) {
     CK_OBJECT_CLASS key_class = CKO_PUBLIC_KEY;
     std::string label = key.label;
     Bytes id = key.id;
@@ -218,13 +218,13 @@ CK_OBJECT_HANDLE find_public_object(const CK_FUNCTION_LIST& api, CK_SESSION_HAND
         query.push_back({CKA_LABEL, label.data(), label.size()});
     }
     const std::vector<CK_OBJECT_HANDLE> found = find_objects(api, session, query, 2);
-    if (found.size() != 1) {
+    if (found.size() > 1) {
         fail(
-            fmt::format("{} public key objects have the id and label of this private key; "
-                        "expected exactly one, because the token does not store the public "
-                        "point of EC and Ed25519 private keys. Import the public key with "
-                        "the same id",
-                        found.size()));
+            "several public key objects have the id and label of this private key; "
+            "expected at most one. Give the public key the id of its private key only");
+    }
+    if (found.empty()) {
+        return std::nullopt;
     }
     return found.front();
 }
@@ -249,6 +249,8 @@ PkeyPtr ec_public_key(int nid, const Bytes& point) {
     return PkeyPtr(result);
 }
 
+// Returns a null key when the token has no public key object for key, because an EC or Ed25519
+// private key object does not carry its public point.
 PkeyPtr curve_public_key(const CK_FUNCTION_LIST& api, CK_SESSION_HANDLE session, TokenKey& key) {
     const Bytes parameters =
         require_attribute(api, session, key.handle, CKA_EC_PARAMS, "CKA_EC_PARAMS");
@@ -259,21 +261,28 @@ PkeyPtr curve_public_key(const CK_FUNCTION_LIST& api, CK_SESSION_HANDLE session,
                      : fmt::format("the curve {} is not P-256 or P-384",
                                    nid == NID_undef ? "(unknown)" : OBJ_nid2sn(nid)));
     }
-    const CK_OBJECT_HANDLE public_object = find_public_object(api, session, key);
+    key.description = edwards ? "Ed25519" : nid == NID_secp384r1 ? "EC P-384" : "EC P-256";
+    const std::optional<CK_OBJECT_HANDLE> public_object = find_public_object(api, session, key);
+    if (!public_object) {
+        return nullptr;
+    }
     const Bytes stored =
-        require_attribute(api, session, public_object, CKA_EC_POINT, "CKA_EC_POINT");
+        require_attribute(api, session, *public_object, CKA_EC_POINT, "CKA_EC_POINT");
     if (edwards) {
         const Bytes point = unwrap_point(stored, ed25519_key_size);
-        key.description = "Ed25519";
-        return PkeyPtr(
+        PkeyPtr result(
             EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, point.data(), point.size()));
+        if (!result) {
+            fail("the token's Ed25519 public key is invalid: " + last_openssl_error());
+        }
+        return result;
     }
     const std::size_t field_bytes = nid == NID_secp384r1 ? 48 : 32;
-    key.description = nid == NID_secp384r1 ? "EC P-384" : "EC P-256";
     return ec_public_key(nid, unwrap_point(stored, 1 + 2 * field_bytes));
 }
 
-// Uses CKA_PUBLIC_KEY_INFO when the token stores it, else the key material.
+// Uses CKA_PUBLIC_KEY_INFO when the token stores it, else the key material. Returns a null
+// key for an EC or Ed25519 key whose public key the token does not hold.
 PkeyPtr read_public_key(const CK_FUNCTION_LIST& api, CK_SESSION_HANDLE session, TokenKey& key) {
     const AttributeValue info = read_attribute(api, session, key.handle, CKA_PUBLIC_KEY_INFO);
     if (info.bytes && !info.bytes->empty()) {
@@ -330,7 +339,8 @@ void describe_key(const CK_FUNCTION_LIST& api, CK_SESSION_HANDLE session, TokenK
     }
     const PkeyPtr public_key = read_public_key(api, session, key);
     if (!public_key) {
-        fail("building the public key failed: " + last_openssl_error());
+        key.public_key.clear();
+        return;
     }
     if (key.type == KeyType::rsa) {
         check_rsa_size(public_key.get(), key);

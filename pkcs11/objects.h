@@ -19,7 +19,8 @@ struct TokenKey {
     std::vector<std::uint8_t> id;  // CKA_ID, empty when absent
     // SubjectPublicKeyInfo, DER: from CKA_PUBLIC_KEY_INFO, from the modulus and exponent of an
     // RSA key, or from the public key object with the same CKA_ID (EC and Ed25519 private keys
-    // do not carry their public point).
+    // do not carry their public point). Empty for an EC or Ed25519 key without either: its
+    // certificate is then checked with a test signature only.
     std::vector<std::uint8_t> public_key;
     std::string description;  // "RSA 2048-bit", "EC P-256", "Ed25519"
 };

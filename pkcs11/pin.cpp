@@ -38,7 +38,8 @@ void check_file(const std::filesystem::path& path, int fd) {
 }  // namespace
 
 SecretBytes read_pin_file(const std::filesystem::path& path) {
-    const Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+    // O_NONBLOCK: a FIFO in place of the file must fail the regular-file check, not block.
+    const Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
     if (!fd) {
         fail(path, fmt::format("cannot open: {}", std::strerror(errno)));
     }

@@ -86,7 +86,9 @@ ServedCertificate describe_certificate(const Config& config, const VhostConfig& 
     }
     const KeyConfig& key = config.keys[entry.key_index];
     certificate.key_name = key.name;
-    certificate.key_file = key.file;
+    // A key in a PKCS#11 token is named by its URI without the query, which may hold a PIN.
+    certificate.key_file =
+        key.in_token() ? std::filesystem::path(key.uri.substr(0, key.uri.find('?'))) : key.file;
     return certificate;
 }
 

@@ -6,6 +6,7 @@
 #include <botan/tls_algos.h>
 #include <botan/x509_key.h>
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <string_view>
@@ -37,6 +38,13 @@ void compare_public_keys(const ServedCertificate& certificate, KeyClient& client
     std::unique_ptr<Botan::Public_Key> remote_key;
     try {
         remote = client.public_key(certificate.key->key_index());
+        if (remote.empty()) {
+            spdlog::info(
+                "vhost '{}': key '{}' has no public key in its token; certificate {} is "
+                "checked with a test signature only",
+                certificate.vhost_name, certificate.key_name, certificate.chain_file.string());
+            return;
+        }
         remote_key.reset(Botan::X509::load_key(remote));
     } catch (const std::exception& error) {
         throw_check_error(certificate, fmt::format("the key process did not return a public key "

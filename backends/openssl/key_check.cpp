@@ -5,6 +5,7 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <array>
@@ -71,6 +72,13 @@ void compare_public_keys(const ServedCertificate& certificate, KeyClient& client
         throw_check_error(
             certificate,
             fmt::format("the key process did not return the public key: {}", error.what()));
+    }
+    if (remote.empty()) {
+        spdlog::info(
+            "vhost '{}': key '{}' has no public key in its token; certificate {} is checked "
+            "with a test signature only",
+            certificate.vhost_name, certificate.key_name, certificate.chain_file.string());
+        return;
     }
     const Bytes local = certificate_public_key(certificate);
     if (remote == local) {

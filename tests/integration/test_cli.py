@@ -5,6 +5,7 @@ import re
 import shutil
 import signal
 import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -287,6 +288,28 @@ class InterruptTest(unittest.TestCase):
         self.assertIn("control channel closed by the supervisor; key process stopping", log)
         self.assertNotIn("stopping on SIGINT", log)
         self.assertNotRegex(log, r"exited \((signal|status [1-9])")
+
+    def test_sighup_to_process_group_keeps_connections(self):
+        pki = harness.pki()
+        with harness.EchoBackend() as backend:
+            document = harness.config(
+                [harness.vhost(["www.example.test"], backend, pki.p256, default=True)],
+                [pki.p256])
+            with harness.Daemon(document) as daemon:
+                with harness.tls_connect(daemon.port) as held:
+                    held.sendall(b"before")
+                    self.assertEqual(held.recv(16), b"before")
+                    mark = daemon.log_mark()
+                    # A terminal hangup reaches every process of the group.
+                    os.killpg(daemon.pid, signal.SIGHUP)
+                    daemon.wait_for_log(r"reload is not supported", since=mark)
+                    time.sleep(0.5)
+                    held.sendall(b"after")
+                    self.assertEqual(held.recv(16), b"after")
+                    held.unwrap()
+                record = daemon.wait_for_record(mark, result="ok")
+                self.assertEqual(record.get("bytes_in"), str(len(b"beforeafter")), record)
+                self.assertNotRegex(daemon.log[mark:], r"exited \((signal|status [1-9])")
 
 
 if __name__ == "__main__":

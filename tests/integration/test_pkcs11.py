@@ -140,12 +140,13 @@ class Token:
             pin_file.chmod(0o600)
 
     def import_key(self, key: Path, label: str, token: str | None = None,
-                   pin: str | None = None) -> str:
-        """Import a PEM private key (and its public key object); return its id as hex."""
+                   pin: str | None = None, public: bool = True) -> str:
+        """Import a PEM private key (and, when ``public``, its public key object); return its
+        id as hex."""
         hex_id = f"{next(self._ids):02x}"
         run_checked(["softhsm2-util", "--import", str(key), "--token", token or self.label,
-                     "--label", label, "--id", hex_id, "--pin", pin or self.pin],
-                    self.environment)
+                     "--label", label, "--id", hex_id, "--pin", pin or self.pin,
+                     *([] if public else ["--no-public-key"])], self.environment)
         self.share()
         return hex_id
 
@@ -500,6 +501,91 @@ class TokenWithoutPssTest(unittest.TestCase):
                 self.assertEqual(alert_number(rejected), 70, rejected.describe())
                 self.assertIn("key 'rsa' (RSA 2048-bit) signs rsa_pkcs1_sha256, "
                               "rsa_pkcs1_sha384, rsa_pkcs1_sha512", daemon.log)
+
+
+# ------------------------------------------------------------------------------------------
+# Keys imported without a public key object
+
+
+class PrivateOnlyKeysTest(unittest.TestCase):
+    """Private keys imported with --no-public-key, certificates in files.
+
+    An RSA private key object carries its modulus and exponent; an EC one carries no public
+    point, so its certificate is checked by a test signature alone.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        reason = missing_tools()
+        if reason:
+            raise unittest.SkipTest(reason)
+        cls.pki = harness.pki()
+        cls.token = Token("privonly")
+        cls.token.import_key(cls.pki.rsa.key, "rsa", public=False)
+        cls.token.import_key(cls.pki.p256.key, "p256", public=False)
+        cls.stranger = cls.pki.make_key("privonly-stranger", "p256")
+        cls.token.import_key(cls.stranger, "stranger", public=False)
+        scope = environment(cls.token.environment)
+        scope.__enter__()
+        cls.addClassCleanup(scope.__exit__, None, None, None)
+        cls.backend = harness.HttpBackend(HTTP_BODY).start()
+        cls.addClassCleanup(cls.backend.stop)
+
+    def serve(self, cert: harness.Cert, tls_backend: str, version: str,
+              signature_type: str) -> str:
+        """Start cloister with the token key ``cert.name`` for ``cert``, check one verified
+        handshake and return the log."""
+        vhosts = [harness.vhost(["www.example.test"], self.backend, cert, default=True)]
+        document = token_config(vhosts, [self.token.key_entry(cert.name)],
+                                tls_backend=tls_backend)
+        with harness.Daemon(document) as daemon:
+            result = handshake(daemon, version=version)
+            details = result.describe() + daemon.log
+            self.assertEqual(result.returncode, 0, details)
+            self.assertEqual(result.verify_code, 0, details)
+            self.assertEqual(result.peer_signature_type, signature_type, details)
+            self.assertEqual(result.stdout.count(HTTP_BODY), 1, details)
+            daemon.stop()
+            return daemon.log
+
+    def test_rsa_key_serves_openssl(self):
+        log = self.serve(self.pki.rsa, "openssl", "1.3", "RSA-PSS")
+        self.assertNotIn("no public key", log)
+
+    def test_rsa_key_serves_botan(self):
+        log = self.serve(self.pki.rsa, "botan", "1.2", "RSA-PSS")
+        self.assertNotIn("no public key", log)
+
+    def test_p256_key_serves_openssl(self):
+        log = self.serve(self.pki.p256, "openssl", "1.3", "ECDSA")
+        self.assertIn("key 'p256' (EC P-256): the token contains no public key for it", log)
+        self.assertIn("vhost 'www.example.test': key 'p256' has no public key in its token; "
+                      f"certificate {self.pki.p256.chain} is checked with a test signature "
+                      "only", log)
+
+    def test_p256_key_serves_botan(self):
+        log = self.serve(self.pki.p256, "botan", "1.2", "ECDSA")
+        self.assertIn("key 'p256' has no public key in its token", log)
+
+    def test_foreign_certificate_stops_start(self):
+        for tls_backend in ("openssl", "botan"):
+            with self.subTest(tls_backend=tls_backend):
+                vhosts = [harness.vhost(["www.example.test"], "127.0.0.1:9", self.pki.p256,
+                                        default=True)]
+                document = token_config(vhosts, [{**self.token.key_entry("stranger"),
+                                                  "name": "p256"}], tls_backend=tls_backend)
+                folder = Path(tempfile.mkdtemp(prefix="privonly-", dir=harness.run_dir()))
+                listener = {"address": harness.format_address("127.0.0.1",
+                                                              harness.free_port())}
+                path = harness.write_config(folder, {"listener": [listener], **document})
+                result = harness.run_cloister("--config", path, timeout=30)
+                output = result.stdout + result.stderr
+                self.assertEqual(result.returncode, 2, output)
+                self.assertNotRegex(output, harness.STARTED_PATTERN)
+                self.assertIn("key 'p256' (pkcs11:token=privonly;object=stranger;type=private) "
+                              f"and certificate {self.pki.p256.chain}: a test signature by the "
+                              "key process does not verify with the certificate's public key",
+                              output)
 
 
 # ------------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ TEST(KeyProtocol, ResponseRoundTrip) {
 }
 
 TEST(KeyProtocol, EveryStatusRoundTrips) {
-    for (std::uint16_t value = 0; value <= 6; ++value) {
+    for (std::uint16_t value = 0; value <= 7; ++value) {
         Response response;
         response.status = static_cast<Status>(value);
         const auto decoded = keyproto::decode_response(keyproto::encode(response));
@@ -306,7 +306,7 @@ TEST(KeyProtocol, PublicKeyRequestFieldsChecked) {
 }
 
 TEST(KeyProtocol, UnknownStatusRejected) {
-    for (const std::uint16_t status : {7, 255, 0xffff}) {
+    for (const std::uint16_t status : {8, 255, 0xffff}) {
         const auto decoded = keyproto::decode_response(response_header(1, status, 0));
         ASSERT_FALSE(decoded) << "status " << status;
         EXPECT_THAT(decoded.error, HasSubstr("unknown status"));
@@ -365,6 +365,7 @@ TEST(KeyProtocol, StatusNames) {
     EXPECT_STREQ(keyproto::to_string(Status::ok), "ok");
     EXPECT_STREQ(keyproto::to_string(Status::quota_exceeded), "quota_exceeded");
     EXPECT_STREQ(keyproto::to_string(Status::unsupported_scheme), "unsupported_scheme");
+    EXPECT_STREQ(keyproto::to_string(Status::public_key_unknown), "public_key_unknown");
     EXPECT_STREQ(keyproto::to_string(MessageType::public_key), "public_key");
 }
 
@@ -466,6 +467,16 @@ TEST(KeyClient, PublicKeyReturnsPayload) {
     });
     KeyClient client(std::move(ours), std::chrono::milliseconds(2000));
     EXPECT_EQ(client.public_key(0), (Bytes{0x30, 0x03, 1, 2, 3}));
+    server.join();
+}
+
+TEST(KeyClient, PublicKeyUnknownReturnsEmpty) {
+    auto [ours, peer] = make_channel();
+    std::thread server = serve_once(peer, [](const Request& request) {
+        return reply_with(request, Status::public_key_unknown, {});
+    });
+    KeyClient client(std::move(ours), std::chrono::milliseconds(2000));
+    EXPECT_TRUE(client.public_key(0).empty());
     server.join();
 }
 
