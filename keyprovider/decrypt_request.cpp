@@ -14,15 +14,6 @@ namespace {
 using keyproto::Request;
 using keyproto::Status;
 
-HandlerResult make_result(const Request& request, Status status, std::string reason) {
-    HandlerResult result;
-    result.response.type = request.type;
-    result.response.status = status;
-    result.response.request_id = request.request_id;
-    result.reason = std::move(reason);
-    return result;
-}
-
 // Returns the refusal for a decrypt request that fails a check, or nullopt. Each check looks
 // only at public facts (the key, the config, the channel), never at the ciphertext.
 std::optional<HandlerResult> check_decrypt(const KeyStore& store, const HandlerOptions& options,

@@ -11,12 +11,9 @@
 #include "keyprovider/signing_policy.h"
 
 namespace cloister {
-namespace {
 
-using keyproto::Request;
-using keyproto::Status;
-
-HandlerResult make_result(const Request& request, Status status, std::string reason) {
+HandlerResult make_result(const keyproto::Request& request, keyproto::Status status,
+                          std::string reason) {
     HandlerResult result;
     result.response.type = request.type;
     result.response.status = status;
@@ -24,6 +21,11 @@ HandlerResult make_result(const Request& request, Status status, std::string rea
     result.reason = std::move(reason);
     return result;
 }
+
+namespace {
+
+using keyproto::Request;
+using keyproto::Status;
 
 HandlerResult make_ok(const Request& request, std::vector<std::uint8_t> payload) {
     HandlerResult result = make_result(request, Status::ok, {});

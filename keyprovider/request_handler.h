@@ -36,6 +36,10 @@ struct HandlerResult {
     std::string reason;
 };
 
+// Returns a response to request with status and no payload, and reason for the log line.
+HandlerResult make_result(const keyproto::Request& request, keyproto::Status status,
+                          std::string reason);
+
 class RequestHandler {
   public:
     // store must outlive the handler.

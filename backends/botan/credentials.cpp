@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "backends/openssl/certificate_chain.h"
+#include "backends/openssl/vhost_context.h"
 #include "backends/openssl/openssl_errors.h"
 #include "core/error.h"
 
@@ -44,14 +45,6 @@ Botan::X509_Certificate to_botan(const ServedCertificate& certificate, X509* x50
     }
 }
 
-void load_chain(ServedCertificate& certificate) {
-    const ossl::CertificateChain chain =
-        ossl::load_certificate_chain(certificate.chain_file, certificate.where, nullptr);
-    certificate.chain.push_back(to_botan(certificate, chain.leaf.get()));
-    for (const ossl::X509Ptr& intermediate : chain.intermediates) {
-        certificate.chain.push_back(to_botan(certificate, intermediate.get()));
-    }
-}
 
 void attach_key(ServedCertificate& certificate, std::uint32_t key_index) {
     std::unique_ptr<Botan::Public_Key> key;
@@ -73,22 +66,22 @@ void attach_key(ServedCertificate& certificate, std::uint32_t key_index) {
     certificate.key = std::make_unique<PublicOnlyKey>(std::move(key), key_index);
 }
 
+// Takes the names and the chain from the OpenSSL stack's loader, so that both stacks order,
+// warn about and reject the same files, and converts the chain to Botan's type.
 ServedCertificate describe_certificate(const Config& config, const VhostConfig& vhost,
                                        const CertificateConfig& entry) {
+    const ossl::ServedCertificate loaded =
+        ossl::describe_certificate(config, vhost, entry, nullptr);
     ServedCertificate certificate;
-    certificate.vhost_name = vhost.name;
-    certificate.chain_file = entry.chain;
-    certificate.where = entry.where.to_string();
-    if (entry.key_index >= config.keys.size() ||
-        entry.key_index > std::numeric_limits<std::uint32_t>::max()) {
-        throw_certificate_error(certificate,
-                                fmt::format("key index {} names no [[key]]", entry.key_index));
+    certificate.vhost_name = loaded.vhost_name;
+    certificate.key_name = loaded.key_name;
+    certificate.key_file = loaded.key_file;
+    certificate.chain_file = loaded.chain_file;
+    certificate.where = loaded.where;
+    certificate.chain.push_back(to_botan(certificate, loaded.chain.leaf.get()));
+    for (const ossl::X509Ptr& intermediate : loaded.chain.intermediates) {
+        certificate.chain.push_back(to_botan(certificate, intermediate.get()));
     }
-    const KeyConfig& key = config.keys[entry.key_index];
-    certificate.key_name = key.name;
-    // A key in a PKCS#11 token is named by its URI without the query, which may hold a PIN.
-    certificate.key_file =
-        key.in_token() ? std::filesystem::path(key.uri.substr(0, key.uri.find('?'))) : key.file;
     return certificate;
 }
 
@@ -116,7 +109,6 @@ VhostCertificates load_vhost_certificates(const Config& config, std::size_t vhos
     VhostCertificates certificates;
     for (const CertificateConfig& entry : vhost.certificates) {
         ServedCertificate certificate = describe_certificate(config, vhost, entry);
-        load_chain(certificate);
         attach_key(certificate, static_cast<std::uint32_t>(entry.key_index));
         check_unique_key_type(certificates, certificate);
         spdlog::debug("vhost '{}': loaded certificate {} ({} key '{}', {} intermediates)",

@@ -21,27 +21,6 @@ namespace {
                             certificate.vhost_name, certificate.chain_file.string(), problem));
 }
 
-// Returns the certificate with its names and chain, but without the key.
-ServedCertificate describe_certificate(const Config& config, const VhostConfig& vhost,
-                                       const CertificateConfig& entry, OSSL_LIB_CTX* libctx) {
-    ServedCertificate certificate;
-    certificate.vhost_name = vhost.name;
-    certificate.chain_file = entry.chain;
-    certificate.where = entry.where.to_string();
-    if (entry.key_index >= config.keys.size() ||
-        entry.key_index > std::numeric_limits<std::uint32_t>::max()) {
-        throw_certificate_error(certificate,
-                                fmt::format("key index {} names no [[key]]", entry.key_index));
-    }
-    const KeyConfig& key = config.keys[entry.key_index];
-    certificate.key_name = key.name;
-    // A key in a PKCS#11 token is named by its URI without the query, which may hold a PIN.
-    certificate.key_file =
-        key.in_token() ? std::filesystem::path(key.uri.substr(0, key.uri.find('?'))) : key.file;
-    certificate.key_index = static_cast<std::uint32_t>(entry.key_index);
-    certificate.chain = load_certificate_chain(entry.chain, certificate.where, libctx);
-    return certificate;
-}
 
 void attach_key(ServedCertificate& certificate, OSSL_LIB_CTX* libctx) {
     try {
@@ -100,6 +79,27 @@ SslCtxPtr new_ssl_ctx(const Config& config, OSSL_LIB_CTX* libctx) {
 }
 
 }  // namespace
+
+ServedCertificate describe_certificate(const Config& config, const VhostConfig& vhost,
+                                       const CertificateConfig& entry, OSSL_LIB_CTX* libctx) {
+    ServedCertificate certificate;
+    certificate.vhost_name = vhost.name;
+    certificate.chain_file = entry.chain;
+    certificate.where = entry.where.to_string();
+    if (entry.key_index >= config.keys.size() ||
+        entry.key_index > std::numeric_limits<std::uint32_t>::max()) {
+        throw_certificate_error(certificate,
+                                fmt::format("key index {} names no [[key]]", entry.key_index));
+    }
+    const KeyConfig& key = config.keys[entry.key_index];
+    certificate.key_name = key.name;
+    // A key in a PKCS#11 token is named by its URI without the query, which may hold a PIN.
+    certificate.key_file =
+        key.in_token() ? std::filesystem::path(key.uri.substr(0, key.uri.find('?'))) : key.file;
+    certificate.key_index = static_cast<std::uint32_t>(entry.key_index);
+    certificate.chain = load_certificate_chain(entry.chain, certificate.where, libctx);
+    return certificate;
+}
 
 VhostContext build_vhost_context(const Config& config, std::size_t vhost_index,
                                  OSSL_LIB_CTX* libctx) {

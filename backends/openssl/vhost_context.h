@@ -36,6 +36,12 @@ struct VhostContext {
     std::vector<ServedCertificate> certificates;
 };
 
+// Returns the certificate of entry with its names and chain, but without the key. Throws
+// Error(config) naming the config location and the file when the chain is invalid or the key
+// reference names no [[key]]. libctx may be null (the default library context).
+ServedCertificate describe_certificate(const Config& config, const VhostConfig& vhost,
+                                       const CertificateConfig& entry, OSSL_LIB_CTX* libctx);
+
 // Builds the SSL_CTX of config.vhosts[vhost_index] in libctx with the [tls] settings and every
 // certificate of the vhost, RSA, ECDSA and Ed25519 side by side. Throws Error(config) naming
 // the config location and the file at fault.
