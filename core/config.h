@@ -18,7 +18,7 @@
 
 namespace cloister {
 
-// Where a value was written: "file:line:column".
+// The place a value was written, printed as "file:line:column".
 struct SourceLocation {
     std::string file;
     std::uint32_t line = 0;
@@ -49,13 +49,13 @@ struct ListenerConfig {
 
 enum class TlsVersion { tls1_2, tls1_3 };
 
-// What a client with no SNI, or with a name no vhost serves, gets.
+// The handling of a client with no SNI, or with a name that no vhost serves.
 enum class SniMismatch {
     use_default,  // the default vhost serves it
     reject,       // the handshake fails with alert unrecognized_name (112)
 };
 
-// What a client gets when it offers ALPN protocols and its vhost lists `alpn`, but the two
+// The handling of a client that offers ALPN protocols when its vhost lists `alpn` but the two
 // lists share no protocol.
 enum class AlpnMismatch {
     continue_without_alpn,  // the handshake goes on and no protocol is agreed
@@ -115,7 +115,7 @@ struct KeyConfig {
     std::string uri;
     std::filesystem::path module;  // the PKCS#11 module for uri; empty without uri
     // The token's PIN file for uri: `pin-file`, or the URI's pin-source. Empty when the URI
-    // holds a pin-value. The key process reads it; the loader does not open it.
+    // contains a pin-value. The key process reads it; the loader does not open it.
     std::optional<std::filesystem::path> pin_file;
     SourceLocation where;
 
@@ -154,7 +154,7 @@ struct ServerConfig {
     LogLevel log_level = LogLevel::info;
 };
 
-// What a seccomp filter does with a system call outside its allow-list.
+// The action a seccomp filter takes on a system call outside its allow-list.
 enum class SeccompSetting {
     enforce,  // the process dies with SIGSYS
     log,      // the call is allowed, and the kernel logs it (audit record type 1326)

@@ -30,7 +30,7 @@ struct ConnectionChannels {
     std::uint64_t connection_id = 0;
 };
 
-// What the supervisor prepares once, at start, for every connection process.
+// The state the supervisor prepares once, at start, for every connection process.
 struct ConnectionSetup {
     // The addresses of each vhost's backend, in the order of Config::vhosts, resolved by the
     // supervisor: a sandboxed process can neither read /etc/hosts nor open a DNS socket. An

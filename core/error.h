@@ -6,7 +6,7 @@
 
 namespace cloister {
 
-// What went wrong, in categories that decide what the caller does next.
+// Error categories, which decide what the caller does next.
 enum class ErrorKind {
     config,    // invalid configuration: fix the file, the process cannot start
     io,        // a read or write failed on a socket or file
@@ -14,7 +14,7 @@ enum class ErrorKind {
     timeout,   // a deadline passed
     protocol,  // the peer sent bytes that break the protocol (TLS or the key channel)
     crypto,    // a cryptographic library call failed
-    system,    // a system call failed; errno() holds the reason
+    system,    // a system call failed; error_number() contains the reason
     policy,    // a request was refused on purpose
 };
 

@@ -24,7 +24,7 @@ public:
                                    std::span<const std::uint8_t> message);
 
     // Returns the DER SubjectPublicKeyInfo of key_index, or an empty vector when the key
-    // process answers public_key_unknown (a token key without public material).
+    // process returns public_key_unknown (a token key without public material).
     std::vector<std::uint8_t> public_key(std::uint32_t key_index);
 
     // Decrypts the RSA-encrypted premaster secret of a TLS 1.2 ClientKeyExchange with

@@ -1,4 +1,4 @@
-// The interface every TLS stack ("backend") implements. core/ sees only this header, so it
+// The interface every TLS stack ("backend") implements. core/ includes only this header, so it
 // includes no crypto-library headers.
 #pragma once
 
@@ -13,7 +13,7 @@ namespace cloister {
 
 class KeyClient;
 
-// What a finished handshake negotiated, for the connection log line.
+// The parameters a finished handshake negotiated, for the connection log line.
 struct HandshakeInfo {
     std::string sni;               // as the client sent it; empty when none
     std::size_t vhost_index = 0;   // index into Config::vhosts
@@ -24,7 +24,7 @@ struct HandshakeInfo {
 };
 
 enum class IoStatus {
-    done,        // the call completed; IoResult::bytes says how much moved
+    done,        // the call completed; IoResult::bytes is the number of bytes moved
     want_read,   // retry when the socket is readable
     want_write,  // retry when the socket is writable
     closed,      // the peer sent close_notify
@@ -52,7 +52,7 @@ public:
     virtual IoResult handshake() = 0;
     // Reads decrypted application data into buffer.
     virtual IoResult read(std::span<std::byte> buffer) = 0;
-    // Encrypts and sends data; bytes says how much was taken.
+    // Encrypts and sends data; bytes is the number of bytes taken.
     virtual IoResult write(std::span<const std::byte> data) = 0;
     // Sends close_notify. Returns done once it was written.
     virtual IoResult shutdown() = 0;

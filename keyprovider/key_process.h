@@ -1,4 +1,4 @@
-// The key process: holds the private keys and serves key channels.
+// The key process, which keeps the private keys and serves key channels.
 #pragma once
 
 #include <functional>

@@ -1104,12 +1104,8 @@ def http_request(host: str) -> bytes:
 
 
 @dataclasses.dataclass
-class SClientResult:
-    """The outcome of one ``openssl s_client`` run.
-
-    ``stdout`` contains the handshake report and the application data in one stream, because
-    s_client writes both there; ``text`` is stdout and stderr decoded.
-    """
+class ClientOutput:
+    """The command line, exit status and output of one client program run."""
 
     argv: list[str]
     returncode: int
@@ -1123,6 +1119,19 @@ class SClientResult:
     def _field(self, pattern: str) -> str | None:
         match = re.search(pattern, self.text, re.MULTILINE)
         return match.group(1) if match else None
+
+    def describe(self) -> str:
+        """Return the command and its whole output, for assertion messages."""
+        return f"$ {' '.join(self.argv)}\nexit status {self.returncode}\n{self.text}"
+
+
+@dataclasses.dataclass
+class SClientResult(ClientOutput):
+    """The outcome of one ``openssl s_client`` run.
+
+    ``stdout`` contains the handshake report and the application data in one stream, because
+    s_client writes both there; ``text`` is stdout and stderr decoded.
+    """
 
     @property
     def protocol(self) -> str | None:
@@ -1160,9 +1169,6 @@ class SClientResult:
         """Return the subject of each certificate the server sent, in the order sent."""
         return re.findall(r"^ *\d+ s:(.*)$", self.text, re.MULTILINE)
 
-    def describe(self) -> str:
-        """Return the command and its whole output, for assertion messages."""
-        return f"$ {' '.join(self.argv)}\nexit status {self.returncode}\n{self.text}"
 
 
 def standard_cipher_name(openssl_name: str) -> str:
@@ -1266,26 +1272,13 @@ def gnutls_cli(port: int, *, host: str = "127.0.0.1", servername: str | None = N
 
 
 @dataclasses.dataclass
-class BotanResult:
+class BotanResult(ClientOutput):
     """The outcome of one ``botan tls_client`` run.
 
     Botan's CLI writes its handshake report and the application data to stdout, so
-    ``stdout`` holds both. ``protocol`` and ``cipher`` come from the "Handshake complete"
+    ``stdout`` contains both. ``protocol`` and ``cipher`` come from the "Handshake complete"
     line, ``alpn`` from the "Server choose protocol" line.
     """
-
-    argv: list[str]
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-
-    @property
-    def text(self) -> str:
-        return self.stdout.decode("latin-1") + self.stderr.decode("latin-1")
-
-    def _field(self, pattern: str) -> str | None:
-        match = re.search(pattern, self.text, re.MULTILINE)
-        return match.group(1) if match else None
 
     @property
     def protocol(self) -> str | None:
@@ -1301,8 +1294,6 @@ class BotanResult:
     def alpn(self) -> str | None:
         return self._field(r"^Server choose protocol: (\S+)")
 
-    def describe(self) -> str:
-        return f"$ {' '.join(self.argv)}\nexit status {self.returncode}\n{self.text}"
 
 
 def botan_tls_client(port: int, *, host: str = "localhost", request: bytes = b"",
