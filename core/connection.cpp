@@ -574,7 +574,7 @@ std::vector<std::vector<ResolvedAddress>> resolve_backends(const Config& config)
         try {
             addresses = resolve_address(vhost.backend, false);
         } catch (const Error& error) {
-            // NOTE: names resolve once, at start, so only a restart picks up changed records.
+            // NOTE: names resolve once per configuration, at start and at each reload (SIGHUP).
             spdlog::warn("vhost {}: backend {} did not resolve, so its connections fail: {}",
                          vhost.name, vhost.backend.text, error.what());
         }

@@ -30,6 +30,8 @@ constexpr int key_load_failure_status = 2;
 constexpr milliseconds key_stop_timeout{5'000};
 // How long the start-up check waits for a failing key process to exit.
 constexpr milliseconds key_exit_wait{1'000};
+// The same wait after a config error, which usually leaves the key process running.
+constexpr milliseconds key_exit_wait_config{200};
 // The connection id of the start-up check's key channel; connections count from 1.
 constexpr std::uint64_t self_check_connection_id = 0;
 
@@ -123,30 +125,27 @@ void run_self_check(TlsStack& stack, const KeyProcess& key, const Config& config
     // starts a session, and each connection process calls use_key_client first.
 }
 
-int startup_failure_status(const Error& error, KeyProcess& key) {
-    if (error.kind() == ErrorKind::config) {
-        spdlog::error("{}", error.what());
-        stop_key_process(key);
-        return exit_invalid_config;
-    }
-    const std::optional<int> status = wait_for_exit(key.pid, key_exit_wait);
+Error check_failure(const Error& error, KeyProcess& key) {
+    // A key that fails to load ends the key process with status 2, and the check then sees its
+    // channel close, which the TLS stack may report as a config error too. A config error
+    // found by the stack alone leaves the key process running, so it waits less.
+    const milliseconds wait =
+        error.kind() == ErrorKind::config ? key_exit_wait_config : key_exit_wait;
+    const std::optional<int> status = wait_for_exit(key.pid, wait);
     if (!status) {
-        spdlog::error("start-up check failed ({} error): {}", to_string(error.kind()),
-                      error.what());
         stop_key_process(key);
-        return exit_failure;
+        return error;
     }
     key.pid = -1;
+    key.control.reset();
     if (WIFEXITED(*status) && WEXITSTATUS(*status) == key_load_failure_status) {
-        spdlog::error(
-            "key process exited with status {} during start-up: a key could not be "
-            "loaded",
-            key_load_failure_status);
-        return exit_invalid_config;
+        return Error(ErrorKind::config,
+                     fmt::format("key process exited with status {} during start-up: a key could "
+                                 "not be loaded, and its error line above names the key and file",
+                                 key_load_failure_status));
     }
-    spdlog::error("key process exited ({}) during start-up: {}", describe_wait_status(*status),
-                  error.what());
-    return exit_failure;
+    return Error(error.kind(), fmt::format("key process exited ({}) during start-up: {}",
+                                           describe_wait_status(*status), error.what()));
 }
 
 }  // namespace cloister

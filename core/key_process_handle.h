@@ -47,9 +47,10 @@ void send_attach(int control_fd, const Fd& channel, std::uint64_t connection_id,
 // without an operation quota. Throws Error(config) naming the files on a mismatch.
 void run_self_check(TlsStack& stack, const KeyProcess& key, const Config& config);
 
-// Logs a failed start-up and returns the exit status: exit_invalid_config for
-// Error(config) and for a key process that exited with status 2 (a key failed to load),
-// exit_failure otherwise. Stops or reaps the key process.
-int startup_failure_status(const Error& error, KeyProcess& key);
+// Stops or reaps key after error ended the check of a configuration (at start, on reload or
+// with --check-config), and returns the error to report. A key process that exited with
+// status 2 (a key failed to load) gives Error(config). Otherwise the result keeps error's
+// kind and message, with the key process's exit status added when it exited.
+Error check_failure(const Error& error, KeyProcess& key);
 
 }  // namespace cloister

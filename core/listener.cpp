@@ -140,21 +140,30 @@ std::string listener_fix(int error_number) {
 
 }  // namespace
 
+Listener open_listener(const ListenerConfig& listener, std::size_t index) {
+    try {
+        return open_listener(listener.address);
+    } catch (const Error& error) {
+        // Names the config line and the fix, keeping the kind and errno of the failure.
+        throw Error(error.kind(),
+                    listener.where.to_string() + ": listener[" + std::to_string(index) +
+                        "].address: " + error.what() + listener_fix(error.error_number()),
+                    error.error_number());
+    }
+}
+
 std::vector<Listener> open_listeners(const std::vector<ListenerConfig>& listeners) {
     std::vector<Listener> result;
     result.reserve(listeners.size());
     for (std::size_t i = 0; i < listeners.size(); ++i) {
-        try {
-            result.push_back(open_listener(listeners[i].address));
-        } catch (const Error& error) {
-            // Names the config line and the fix, keeping the kind and errno of the failure.
-            throw Error(error.kind(),
-                        listeners[i].where.to_string() + ": listener[" + std::to_string(i) +
-                            "].address: " + error.what() + listener_fix(error.error_number()),
-                        error.error_number());
-        }
+        result.push_back(open_listener(listeners[i], i));
     }
     return result;
+}
+
+std::string listener_address(const SocketAddress& address) {
+    const ResolvedAddress first = resolve_address(address, true).front();
+    return format_address(first.get(), first.length);
 }
 
 std::string format_address(const sockaddr* address, socklen_t length) {

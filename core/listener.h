@@ -3,6 +3,7 @@
 
 #include <sys/socket.h>
 
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -38,8 +39,16 @@ struct Listener {
 // socket cannot be bound.
 Listener open_listener(const SocketAddress& address);
 
+// Opens listener, the entry index of the config's [[listener]] array. Throws Error naming the
+// config line, the address, the reason and the fix.
+Listener open_listener(const ListenerConfig& listener, std::size_t index);
+
 // Opens every configured listener, in order.
 std::vector<Listener> open_listeners(const std::vector<ListenerConfig>& listeners);
+
+// The address open_listener binds for address, formatted as Listener::address is. Throws
+// Error(config) when the address does not resolve.
+std::string listener_address(const SocketAddress& address);
 
 // Formats address as "127.0.0.1:5555", "[::1]:5555", "unix:/run/app.sock" or "unix" for an
 // unnamed Unix socket.

@@ -26,7 +26,7 @@ struct Options {
     bool check_only = false;
 };
 
-cloister::SupervisorHooks make_hooks() {
+cloister::SupervisorHooks make_hooks(const std::filesystem::path& config_path) {
     cloister::SupervisorHooks hooks;
     hooks.key_process_main = [](const cloister::Config& config, cloister::Fd control) {
         // Confined after its keys load and before it serves a key channel.
@@ -46,13 +46,17 @@ cloister::SupervisorHooks make_hooks() {
         }
         return cloister::make_openssl_stack(config, vhosts);
     };
+    // Absolute, so that a reload reads the same file whatever the working directory is then.
+    hooks.load_config = [path = std::filesystem::absolute(config_path)] {
+        return cloister::load_config(path);
+    };
     return hooks;
 }
 
 int run(const Options& options) {
     const cloister::Config config = cloister::load_config(options.config);
     cloister::init_logging("supervisor", config.server.log_level);
-    const cloister::SupervisorHooks hooks = make_hooks();
+    const cloister::SupervisorHooks hooks = make_hooks(options.config);
     if (!options.check_only) {
         return cloister::run_supervisor(config, hooks);
     }

@@ -1,6 +1,8 @@
 #include "core/supervisor.h"
 
+#include <fmt/chrono.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/signalfd.h>
@@ -8,10 +10,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <optional>
 #include <thread>
@@ -24,6 +28,7 @@
 #include "core/listener.h"
 #include "core/log.h"
 #include "core/process_title.h"
+#include "core/reload.h"
 #include "core/sandbox_layers.h"
 #include "core/sandbox_spawn.h"
 
@@ -51,6 +56,12 @@ constexpr milliseconds spare_retry_delay{1'000};
 constexpr milliseconds spare_early_death{2'000};
 constexpr milliseconds spare_backoff_first{100};
 constexpr milliseconds spare_backoff_max{30'000};
+// The maximum number of old generations whose connections may still run after reloads. A
+// reload beyond it is rejected until one of them has drained.
+constexpr std::size_t max_draining_generations = 8;
+// How long the key process of an old generation has to exit after its control channel
+// closes, before SIGKILL.
+constexpr milliseconds retired_key_stop_timeout{5'000};
 
 // The delay before the next start of a process that keeps failing: first, then doubling up to
 // max. reset() returns to no delay.
@@ -86,6 +97,81 @@ void log_vhost_warnings(const VhostTable& vhosts) {
     }
 }
 
+// The current UTC time, such as "2026-01-31T12:00:00Z".
+std::string utc_now() {
+    return fmt::format("{:%Y-%m-%dT%H:%M:%SZ}", fmt::gmtime(std::time(nullptr)));
+}
+
+// ---- generations -----------------------------------------------------------------------
+
+// One loaded configuration and what the supervisor built from it for new connections. A
+// reload builds the next generation beside the current one and switches to it only once
+// every check has passed.
+struct Generation {
+    Generation() = default;
+    Generation(const Generation&) = delete;
+    Generation& operator=(const Generation&) = delete;
+    Generation(Generation&&) = delete;
+    Generation& operator=(Generation&&) = delete;
+    ~Generation() { stop_key_process(key); }
+
+    std::uint64_t number = 0;  // 1 at start, one more with each successful reload
+    Config config;
+    std::string loaded_at;             // UTC time of the load, for log lines
+    std::optional<VhostTable> vhosts;  // outlives stack, which may refer to it
+    std::unique_ptr<TlsStack> stack;
+    KeyProcess key;
+    ConnectionSetup setup;  // the sandbox plan and backend addresses of connection processes
+};
+
+// The key process of an old generation: it serves the key channels of that generation's
+// connection processes until the last one exits, then its control channel closes.
+struct RetiredKeyProcess {
+    std::uint64_t generation = 0;
+    KeyProcess key;
+    std::optional<Clock::time_point> kill_at;  // set once the control channel is closed
+};
+
+// Builds generation number from config: decides the sandbox layers, starts the key process,
+// builds the vhost table and the TLS stack, checks every key against its certificate through
+// the key process and resolves the backends. Throws the Error of check_failure; the key
+// process is stopped by then.
+std::unique_ptr<Generation> build_generation(const Config& config, const SupervisorHooks& hooks,
+                                             std::uint64_t number) {
+    auto generation = std::make_unique<Generation>();
+    generation->number = number;
+    generation->config = config;
+    generation->loaded_at = utc_now();
+    const SandboxLayers layers = decide_sandbox_layers(
+        generation->config, SandboxChecks{.create_root = true, .test_namespaces = true});
+    log_sandbox_layers(layers, generation->config);
+    generation->setup.sandbox = connection_sandbox_plan(layers);
+    generation->setup.pid_namespace = layers.pid_namespace;
+    generation->key = start_key_process(generation->config, hooks, layers.pid_namespace);
+    try {
+        generation->vhosts.emplace(generation->config.vhosts, generation->config.tls);
+        log_vhost_warnings(*generation->vhosts);
+        generation->stack = hooks.make_tls_stack(generation->config, *generation->vhosts);
+        run_self_check(*generation->stack, generation->key, generation->config);
+    } catch (const Error& error) {
+        throw check_failure(error, generation->key);
+    }
+    generation->setup.backends = resolve_backends(generation->config);
+    return generation;
+}
+
+// Logs the failed check of the configuration at start or with --check-config, and returns
+// the exit status.
+int startup_failure_status(const Error& failure) {
+    if (failure.kind() == ErrorKind::config) {
+        spdlog::error("{}", failure.what());
+        return exit_invalid_config;
+    }
+    spdlog::error("start-up check failed ({} error): {}", to_string(failure.kind()),
+                  failure.what());
+    return exit_failure;
+}
+
 // ---- the supervisor --------------------------------------------------------------------
 
 enum class ChildState {
@@ -100,6 +186,7 @@ struct Child {
     ChildState state = ChildState::spare;
     bool status_open = true;  // false once the status socket reported EOF
     Clock::time_point started = Clock::now();
+    std::uint64_t generation = 0;  // the generation it was forked with
 };
 
 struct ChildCounts {
@@ -118,7 +205,7 @@ enum class Phase {
 class Supervisor {
   public:
     Supervisor(const Config& config, const SupervisorHooks& hooks)
-        : config_(config), hooks_(hooks) {}
+        : initial_config_(config), hooks_(hooks) {}
     Supervisor(const Supervisor&) = delete;
     Supervisor& operator=(const Supervisor&) = delete;
     Supervisor(Supervisor&&) = delete;
@@ -138,7 +225,10 @@ class Supervisor {
             wait_for_events();
             handle_timers();
         }
-        stop_key_process(key_);
+        stop_key_process(key());
+        for (RetiredKeyProcess& retired : retired_keys_) {
+            stop_key_process(retired.key);
+        }
         spdlog::info("stopped");
         return 0;
     }
@@ -163,33 +253,22 @@ class Supervisor {
         return fd;
     }
 
-    // Decides the sandbox layers, starts the key process before any listener is open, builds
-    // and checks the TLS stack, then opens the listeners. Returns non-zero when start-up
-    // failed.
+    // Builds generation 1, whose key process starts before any listener is open, then opens
+    // the listeners. Returns non-zero when start-up failed.
     int start() {
-        const SandboxLayers layers = decide_sandbox_layers(
-            config_, SandboxChecks{.create_root = true, .test_namespaces = true});
-        log_sandbox_layers(layers, config_);
-        setup_.sandbox = connection_sandbox_plan(layers);
-        setup_.pid_namespace = layers.pid_namespace;
-        key_ = start_key_process(config_, hooks_, setup_.pid_namespace);
         try {
-            vhosts_.emplace(config_.vhosts, config_.tls);
-            log_vhost_warnings(*vhosts_);
-            stack_ = hooks_.make_tls_stack(config_, *vhosts_);
-            run_self_check(*stack_, key_, config_);
+            current_ = build_generation(initial_config_, hooks_, 1);
         } catch (const Error& error) {
-            return startup_failure_status(error, key_);
+            return startup_failure_status(error);
         }
-        setup_.backends = resolve_backends(config_);
-        listeners_ = open_listeners(config_.listeners);
+        listeners_ = open_listeners(config().listeners);
         for (const Listener& listener : listeners_) {
             spdlog::info("listening on {}", listener.address);
         }
         spdlog::info(
             "cloister {} started: tls-backend={}, {} listeners, {} vhosts, key process "
             "pid {}",
-            version(), stack_->name(), listeners_.size(), config_.vhosts.size(), key_.pid);
+            version(), stack().name(), listeners_.size(), config().vhosts.size(), key().pid);
         return 0;
     }
 
@@ -235,6 +314,9 @@ class Supervisor {
         };
         consider(key_restart_at_);
         consider(spare_retry_at_);
+        for (const RetiredKeyProcess& retired : retired_keys_) {
+            consider(retired.kill_at);
+        }
         if (phase_ == Phase::draining || phase_ == Phase::terminating) {
             consider(phase_deadline_);
         }
@@ -283,8 +365,7 @@ class Supervisor {
                 begin_stop(signal_number);
                 break;
             case SIGHUP:
-                // NOTE: reload is not implemented; a restart applies a changed config.
-                spdlog::warn("reload is not supported yet; restart to apply config changes");
+                reload();
                 break;
             case SIGUSR1:
                 report_counts();
@@ -307,8 +388,10 @@ class Supervisor {
                 return;
             }
             try {
-                if (pid == key_.pid) {
+                if (pid == key().pid) {
                     key_process_exited(status);
+                } else if (is_retired_key_process(pid)) {
+                    retired_key_process_exited(pid, status);
                 } else {
                     connection_process_exited(pid, status);
                 }
@@ -343,6 +426,7 @@ class Supervisor {
             spare_failed(pid, found->second);
         }
         children_.erase(found);  // closes the status socket
+        stop_idle_key_processes();
     }
 
     // A spare that failed right after its start will most likely fail again, so the next
@@ -377,21 +461,21 @@ class Supervisor {
     }
 
     void key_process_exited(int status) {
-        const bool died_early = Clock::now() - key_.started < key_restart_backoff;
+        const bool died_early = Clock::now() - key().started < key_restart_backoff;
         if (WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS) {
             spdlog::error(
                 "key process {} killed by seccomp (SIGSYS): it made a system call that its "
                 "filter forbids",
-                key_.pid);
+                key().pid);
         }
         if (phase_ == Phase::running) {
-            spdlog::error("key process {} exited ({}); restarting", key_.pid,
+            spdlog::error("key process {} exited ({}); restarting", key().pid,
                           describe_wait_status(status));
         } else {
-            spdlog::warn("key process {} exited ({})", key_.pid, describe_wait_status(status));
+            spdlog::warn("key process {} exited ({})", key().pid, describe_wait_status(status));
         }
-        key_.pid = -1;
-        key_.control.reset();
+        key().pid = -1;
+        key().control.reset();
         // Spares hold channels to the dead key process, so new ones replace them. Busy
         // connections keep their channel: a key operation on it fails, and so does the
         // handshake that needed it.
@@ -412,7 +496,7 @@ class Supervisor {
     void restart_key_process() {
         key_restart_at_.reset();
         try {
-            key_ = start_key_process(config_, hooks_, setup_.pid_namespace);
+            key() = start_key_process(config(), hooks_, setup().pid_namespace);
         } catch (const Error& error) {
             spdlog::error("restarting the key process failed: {}; retrying in {} ms", error.what(),
                           key_restart_backoff.count());
@@ -441,12 +525,12 @@ class Supervisor {
     // Forks spares until spare-children wait or max-connections processes exist. Retiring
     // children count against max-connections until they exit.
     void replenish_spares() {
-        if (phase_ != Phase::running || !key_.running() || spare_retry_at_) {
+        if (phase_ != Phase::running || !key().running() || spare_retry_at_) {
             return;
         }
         std::size_t spares = count_children().spare;
-        while (spares < config_.limits.spare_children &&
-               children_.size() < config_.limits.max_connections) {
+        while (spares < config().limits.spare_children &&
+               children_.size() < config().limits.max_connections) {
             try {
                 fork_spare();
             } catch (const Error& error) {
@@ -462,18 +546,19 @@ class Supervisor {
     void fork_spare() {
         const std::uint64_t id = next_connection_id_++;
         auto [key_end, child_key_end] = make_seqpacket_pair();
-        send_attach(key_.control.get(), key_end, id, 0);
+        send_attach(key().control.get(), key_end, id, 0);
         key_end.reset();
         auto [status_end, child_status_end] = make_seqpacket_pair();
-        const pid_t pid = fork_child(setup_.pid_namespace);
+        const pid_t pid = fork_child(setup().pid_namespace);
         if (pid == 0) {
             // This copy of the supervisor is never used again, so the child takes the
             // listeners over.
             ConnectionChannels channels{std::move(listeners_), std::move(child_key_end),
                                         std::move(child_status_end), id};
-            run_connection_process(config_, *stack_, std::move(channels), setup_);
+            run_connection_process(config(), stack(), std::move(channels), setup());
         }
-        children_.emplace(pid, Child{id, std::move(status_end), ChildState::spare, true});
+        children_.emplace(pid, Child{id, std::move(status_end), ChildState::spare, true,
+                                     Clock::now(), current_->number});
     }
 
     // Tells every spare to exit; one that accepted a client meanwhile serves it.
@@ -495,14 +580,185 @@ class Supervisor {
     }
 
     void report_counts() {
-        if (key_.running()) {
-            kill(key_.pid, SIGUSR1);
+        if (key().running()) {
+            kill(key().pid, SIGUSR1);
         }
         const ChildCounts counts = count_children();
         spdlog::info(
             "connection processes: {} spare, {} busy, {} retiring; {} connections "
-            "served; key process pid {}",
-            counts.spare, counts.busy, counts.retiring, served_, key_.pid);
+            "served; key process pid {}; generation {}, {} older generations draining",
+            counts.spare, counts.busy, counts.retiring, served_, key().pid, current_->number,
+            retired_keys_.size());
+    }
+
+    // ---- reload ----
+
+    // Loads the configuration again and checks all of it beside the current generation:
+    // restart-only keys, the vhost table, the TLS stack, a new key process with every key
+    // checked against its certificate, and the new listeners. Switches to it only when every
+    // step passed; otherwise the current generation keeps serving.
+    void reload() {
+        if (phase_ != Phase::running) {
+            spdlog::info("SIGHUP received during the drain; ignoring the reload request");
+            return;
+        }
+        spdlog::info("reload requested");
+        try {
+            if (retired_keys_.size() >= max_draining_generations) {
+                throw Error(ErrorKind::policy,
+                            fmt::format("{} older generations still serve connections, the "
+                                        "maximum; send SIGHUP again once one of them has "
+                                        "drained",
+                                        retired_keys_.size()));
+            }
+            if (!hooks_.load_config) {
+                throw Error(ErrorKind::config,
+                            "this supervisor has no configuration file to "
+                            "read again");
+            }
+            const Config next = hooks_.load_config();
+            const std::vector<std::string> changes = restart_only_changes(config(), next);
+            if (!changes.empty()) {
+                throw Error(ErrorKind::config, fmt::format("{}", fmt::join(changes, "; ")));
+            }
+            std::unique_ptr<Generation> generation =
+                build_generation(next, hooks_, current_->number + 1);
+            replace_listeners(generation->config);
+            switch_to(std::move(generation));
+        } catch (const std::exception& error) {
+            spdlog::error(
+                "reload failed: {}; keeping the configuration loaded at {} "
+                "(generation {})",
+                error.what(), current_->loaded_at, current_->number);
+        }
+    }
+
+    // Makes listeners_ those of config: sockets whose address stays keep serving, new
+    // addresses are bound and removed ones close. Binds every new address before it changes
+    // anything, so a failed bind throws with listeners_ unchanged.
+    void replace_listeners(const Config& next) {
+        std::vector<std::string> current;
+        for (const Listener& listener : listeners_) {
+            current.push_back(listener.address);
+        }
+        std::vector<std::string> wanted;
+        for (const ListenerConfig& listener : next.listeners) {
+            wanted.push_back(listener_address(listener.address));
+        }
+        const ListenerDiff diff = diff_listeners(current, wanted);
+        std::vector<std::optional<Listener>> opened(wanted.size());
+        for (std::size_t i = 0; i < wanted.size(); ++i) {
+            if (!diff.reuse[i]) {
+                opened[i] = open_listener(next.listeners[i], i);
+            }
+        }
+        std::vector<Listener> listeners;
+        for (std::size_t i = 0; i < wanted.size(); ++i) {
+            if (diff.reuse[i]) {
+                listeners.push_back(std::move(listeners_[*diff.reuse[i]]));
+            } else {
+                spdlog::info("listening on {}", opened[i]->address);
+                listeners.push_back(std::move(*opened[i]));
+            }
+        }
+        for (const std::size_t removed : diff.removed) {
+            spdlog::info("closed listener {}: the configuration no longer lists it",
+                         listeners_[removed].address);
+        }
+        // Removed sockets close here; spares of the old generation drop theirs as they retire.
+        listeners_ = std::move(listeners);
+    }
+
+    // Makes next the generation of new connections. The spares of the old one retire, and
+    // its key process serves the old generation's busy connections until they end.
+    void switch_to(std::unique_ptr<Generation> next) {
+        retire_spares();
+        if (key().running()) {
+            retired_keys_.push_back(
+                RetiredKeyProcess{current_->number, std::exchange(key(), KeyProcess{}), {}});
+        }
+        if (next->config.server.log_level != config().server.log_level) {
+            init_logging("supervisor", next->config.server.log_level);
+        }
+        current_ = std::move(next);
+        key_restart_at_.reset();
+        key_backoff_.reset();
+        spare_retry_at_.reset();
+        spare_backoff_.reset();
+        spdlog::info("reloaded: {} listeners, {} vhosts, key process pid {} (generation {})",
+                     listeners_.size(), config().vhosts.size(), key().pid, current_->number);
+        stop_idle_key_processes();
+        if (!retired_keys_.empty()) {
+            std::vector<std::string> draining;
+            for (const RetiredKeyProcess& retired : retired_keys_) {
+                draining.push_back(fmt::format("generation {} ({} connection processes)",
+                                               retired.generation,
+                                               count_generation(retired.generation)));
+            }
+            spdlog::info("{} older generations draining (at most {}): {}", draining.size(),
+                         max_draining_generations, fmt::join(draining, ", "));
+        }
+    }
+
+    [[nodiscard]] std::size_t count_generation(std::uint64_t generation) const {
+        return static_cast<std::size_t>(std::count_if(
+            children_.begin(), children_.end(),
+            [generation](const auto& entry) { return entry.second.generation == generation; }));
+    }
+
+    // Closes the control channel of each old generation's key process once that generation
+    // has no connection process left, so that the key process exits; SIGCHLD reaps it.
+    void stop_idle_key_processes() {
+        for (RetiredKeyProcess& retired : retired_keys_) {
+            if (retired.kill_at || count_generation(retired.generation) != 0) {
+                continue;
+            }
+            spdlog::info(
+                "stopping key process {} of generation {}: its last connection has "
+                "ended",
+                retired.key.pid, retired.generation);
+            retired.key.control.reset();
+            retired.kill_at = Clock::now() + retired_key_stop_timeout;
+        }
+    }
+
+    [[nodiscard]] bool is_retired_key_process(pid_t pid) const {
+        return std::any_of(
+            retired_keys_.begin(), retired_keys_.end(),
+            [pid](const RetiredKeyProcess& retired) { return retired.key.pid == pid; });
+    }
+
+    // An old generation's key process exited: the current key process is not affected.
+    void retired_key_process_exited(pid_t pid, int status) {
+        const auto found = std::find_if(
+            retired_keys_.begin(), retired_keys_.end(),
+            [pid](const RetiredKeyProcess& retired) { return retired.key.pid == pid; });
+        if (found->kill_at && exited_cleanly(status)) {
+            spdlog::info("key process {} of generation {} stopped", pid, found->generation);
+        } else {
+            spdlog::warn(
+                "key process {} of generation {} exited ({}) with {} connection "
+                "processes of its generation left; their key operations fail",
+                pid, found->generation, describe_wait_status(status),
+                count_generation(found->generation));
+        }
+        found->key.pid = -1;
+        retired_keys_.erase(found);
+    }
+
+    // Kills the old generations' key processes that outlived retired_key_stop_timeout after
+    // their control channel closed; SIGCHLD then reaps them.
+    void kill_late_key_processes(Clock::time_point now) {
+        for (RetiredKeyProcess& retired : retired_keys_) {
+            if (retired.kill_at && now >= *retired.kill_at) {
+                spdlog::warn(
+                    "key process {} of generation {} did not exit within {} ms; "
+                    "sending SIGKILL",
+                    retired.key.pid, retired.generation, retired_key_stop_timeout.count());
+                kill(retired.key.pid, SIGKILL);
+                retired.kill_at = now + retired_key_stop_timeout;
+            }
+        }
     }
 
     // ---- stopping ----
@@ -520,7 +776,7 @@ class Supervisor {
         spdlog::info("{} received; stopping: draining {} connections", signal_name(signal_number),
                      counts.busy);
         phase_ = Phase::draining;
-        phase_deadline_ = Clock::now() + config_.limits.drain_timeout;
+        phase_deadline_ = Clock::now() + config().limits.drain_timeout;
         listeners_.clear();
         retire_spares();
         key_restart_at_.reset();
@@ -535,11 +791,12 @@ class Supervisor {
         if (spare_retry_at_ && now >= *spare_retry_at_) {
             spare_retry_at_.reset();
         }
+        kill_late_key_processes(now);
         if (phase_ == Phase::draining && now >= phase_deadline_ && !children_.empty()) {
             spdlog::warn(
                 "drain timeout of {} ms passed; sending SIGTERM to {} connection "
                 "processes",
-                config_.limits.drain_timeout.count(), children_.size());
+                config().limits.drain_timeout.count(), children_.size());
             signal_children(SIGTERM);
             phase_ = Phase::terminating;
             phase_deadline_ = now + terminate_grace;
@@ -558,14 +815,22 @@ class Supervisor {
             waitpid(pid, nullptr, 0);
         }
         children_.clear();
-        stop_key_process(key_);
+        for (RetiredKeyProcess& retired : retired_keys_) {
+            stop_key_process(retired.key);
+        }
+        current_.reset();  // stops its key process
     }
 
-    const Config& config_;
+    // The generation of new connections and its parts.
+    [[nodiscard]] const Config& config() const { return current_->config; }
+    [[nodiscard]] KeyProcess& key() { return current_->key; }
+    [[nodiscard]] TlsStack& stack() { return *current_->stack; }
+    [[nodiscard]] const ConnectionSetup& setup() const { return current_->setup; }
+
+    const Config initial_config_;  // the configuration of generation 1
     const SupervisorHooks& hooks_;
-    std::optional<VhostTable> vhosts_;  // outlives stack_, which may refer to it
-    std::unique_ptr<TlsStack> stack_;
-    KeyProcess key_;
+    std::unique_ptr<Generation> current_;
+    std::vector<RetiredKeyProcess> retired_keys_;  // of old generations, oldest first
     std::vector<Listener> listeners_;
     Fd signals_;
     std::map<pid_t, Child> children_;
@@ -575,7 +840,6 @@ class Supervisor {
     Clock::time_point phase_deadline_;
     std::optional<Clock::time_point> key_restart_at_;
     std::optional<Clock::time_point> spare_retry_at_;
-    ConnectionSetup setup_;  // the sandbox plan and backend addresses of connection processes
     RestartBackoff spare_backoff_{spare_backoff_first, spare_backoff_max};
     RestartBackoff key_backoff_{key_restart_backoff, key_restart_backoff_max};
 };
@@ -593,25 +857,17 @@ int run_supervisor(const Config& config, const SupervisorHooks& hooks) {
 
 int check_config(const Config& config, const SupervisorHooks& hooks) {
     ignore_sigpipe();
-    // The root directory is created here too: the temporary key process chroots into it.
-    const SandboxLayers layers =
-        decide_sandbox_layers(config, SandboxChecks{.create_root = true, .test_namespaces = true});
-    log_sandbox_layers(layers, config);
-    KeyProcess key = start_key_process(config, hooks, layers.pid_namespace);
-    int status = 0;
     try {
         for (const ListenerConfig& listener : config.listeners) {
             resolve_address(listener.address, true);
         }
-        const VhostTable vhosts(config.vhosts, config.tls);
-        log_vhost_warnings(vhosts);
-        const std::unique_ptr<TlsStack> stack = hooks.make_tls_stack(config, vhosts);
-        run_self_check(*stack, key, config);
+        // The root directory is created here too: the temporary key process chroots into it.
+        // The generation stops its key process when it goes out of scope.
+        const std::unique_ptr<Generation> generation = build_generation(config, hooks, 0);
     } catch (const Error& error) {
-        status = startup_failure_status(error, key);
+        return startup_failure_status(error);
     }
-    stop_key_process(key);
-    return status;
+    return 0;
 }
 
 }  // namespace cloister

@@ -18,6 +18,9 @@ struct SupervisorHooks {
     std::function<int(const Config&, Fd control)> key_process_main;
     // Builds the TLS stack named by config.server.tls_backend.
     std::function<std::unique_ptr<TlsStack>(const Config&, const VhostTable&)> make_tls_stack;
+    // Reads the configuration file again for a reload (SIGHUP); throws Error(config) naming
+    // the problem. Without it a reload fails and the running configuration stays.
+    std::function<Config()> load_config;
 };
 
 // Exit statuses of run_supervisor and check_config, and of the cloister command;
@@ -28,7 +31,8 @@ inline constexpr int exit_invalid_config = 2;  // the config, a certificate or a
 // The release version from the CMake project, such as "0.1.0".
 const char* version() noexcept;
 
-// Runs the daemon until SIGTERM or SIGINT has drained it. Returns the exit status.
+// Runs the daemon until SIGTERM or SIGINT has drained it. Returns the exit status. SIGHUP
+// reloads the configuration through hooks.load_config (docs/operations.md).
 int run_supervisor(const Config& config, const SupervisorHooks& hooks);
 
 // Validates config without serving: builds the TLS stack, starts a temporary key process

@@ -302,7 +302,7 @@ class InterruptTest(unittest.TestCase):
                     mark = daemon.log_mark()
                     # A terminal hangup reaches every process of the group.
                     os.killpg(daemon.pid, signal.SIGHUP)
-                    daemon.wait_for_log(r"reload is not supported", since=mark)
+                    daemon.wait_for_log(r"reloaded: 1 listeners", since=mark)
                     time.sleep(0.5)
                     held.sendall(b"after")
                     self.assertEqual(held.recv(16), b"after")

@@ -21,6 +21,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <regex>
@@ -445,7 +446,8 @@ class EchoBackend {
 
 struct FakeOptions {
     bool keys_match = true;
-    int key_process_status = -1;  // >= 0: the fake key process exits at once with it
+    int key_process_status = -1;            // >= 0: the fake key process exits at once with it
+    std::function<Config()> load_config{};  // the configuration a reload reads
 };
 
 SupervisorHooks fake_hooks(FakeOptions options) {
@@ -459,6 +461,7 @@ SupervisorHooks fake_hooks(FakeOptions options) {
     hooks.make_tls_stack = [options](const Config& /*config*/, const VhostTable& /*vhosts*/) {
         return std::unique_ptr<TlsStack>(std::make_unique<PlaintextStack>(options.keys_match));
     };
+    hooks.load_config = options.load_config;
     return hooks;
 }
 
@@ -753,12 +756,62 @@ TEST_F(SupervisorTest, SignalsAreReported) {
                        "connections served; key process pid \\d+"))
         << log_->text();
     kill(pid_, SIGHUP);
-    EXPECT_TRUE(log_->wait_for("reload is not supported yet; restart to apply config changes"));
+    EXPECT_TRUE(
+        log_->wait_for("reload failed: this supervisor has no configuration file to read again; "
+                       "keeping the configuration loaded at \\S+ \\(generation 1\\)"))
+        << log_->text();
     EXPECT_EQ(waitpid(pid_, nullptr, WNOHANG), 0);
 }
 
+TEST_F(SupervisorTest, ReloadKeepsHeldConnection) {
+    Config next = config_;
+    next.limits.spare_children = 3;
+    launch_and_wait_ready(FakeOptions{.load_config = [next] { return next; }});
+    const Fd held = connect_to(port_);
+    send(held.get(), "one", 3, MSG_NOSIGNAL);
+    ASSERT_EQ(receive(held.get(), 3), "one");
+    const auto old_key = log_->wait_for("key process (\\d+) started");
+    ASSERT_TRUE(old_key);
+    kill(pid_, SIGHUP);
+    ASSERT_TRUE(
+        log_->wait_for("reloaded: 1 listeners, 1 vhosts, key process pid \\d+ "
+                       "\\(generation 2\\)"))
+        << log_->text();
+    // Three spares of generation 2 and the held connection of generation 1.
+    EXPECT_TRUE(eventually([&] {
+        const std::size_t mark = log_->mark();
+        kill(pid_, SIGUSR1);
+        return log_
+            ->wait_for(
+                "connection processes: 3 spare, 1 busy, 0 retiring; .*generation 2, 1 "
+                "older generations draining",
+                mark, 200ms)
+            .has_value();
+    })) << log_->text();
+    EXPECT_EQ(count_comm(children(), "cloister-key"), 2U);
+    EXPECT_EQ(round_trip(port_, "new"), "new");
+    send(held.get(), "two", 3, MSG_NOSIGNAL);
+    EXPECT_EQ(receive(held.get(), 3), "two");
+    shutdown(held.get(), SHUT_WR);
+    EXPECT_TRUE(log_->wait_for("key process \\d+ of generation 1 stopped")) << log_->text();
+    EXPECT_TRUE(eventually([&] { return count_comm(children(), "cloister-key") == 1; }));
+}
+
+TEST_F(SupervisorTest, FailedReloadKeepsServing) {
+    launch_and_wait_ready(FakeOptions{.load_config = []() -> Config {
+        throw Error(ErrorKind::config, "cloister.toml:3:1: invalid TOML");
+    }});
+    kill(pid_, SIGHUP);
+    EXPECT_TRUE(
+        log_->wait_for("reload failed: cloister.toml:3:1: invalid TOML; keeping the "
+                       "configuration loaded at"))
+        << log_->text();
+    EXPECT_EQ(round_trip(port_, "still"), "still");
+    EXPECT_EQ(count_comm(children(), "cloister-key"), 1U);
+}
+
 TEST_F(SupervisorTest, KeyLoadFailureExitsWithStatus2) {
-    launch(FakeOptions{true, 2});
+    launch(FakeOptions{.key_process_status = 2});
     const int status = wait_exit();
     ASSERT_TRUE(WIFEXITED(status)) << status;
     EXPECT_EQ(WEXITSTATUS(status), 2);
@@ -767,7 +820,7 @@ TEST_F(SupervisorTest, KeyLoadFailureExitsWithStatus2) {
 }
 
 TEST_F(SupervisorTest, KeyMismatchExitsWithStatus2BeforeListening) {
-    launch(FakeOptions{false, -1});
+    launch(FakeOptions{.keys_match = false});
     const int status = wait_exit();
     ASSERT_TRUE(WIFEXITED(status)) << status;
     EXPECT_EQ(WEXITSTATUS(status), 2);
@@ -784,9 +837,9 @@ TEST(CheckConfig, ReportsValidAndMismatchedKeys) {
     config.vhosts.push_back(vhost);
     use_test_sandbox(config);
     init_logging("supervisor", LogLevel::error);
-    EXPECT_EQ(check_config(config, fake_hooks({true, -1})), 0);
-    EXPECT_EQ(check_config(config, fake_hooks({false, -1})), 2);
-    EXPECT_EQ(check_config(config, fake_hooks({true, 2})), 2);
+    EXPECT_EQ(check_config(config, fake_hooks({})), 0);
+    EXPECT_EQ(check_config(config, fake_hooks({.keys_match = false})), 2);
+    EXPECT_EQ(check_config(config, fake_hooks({.key_process_status = 2})), 2);
 }
 
 }  // namespace

@@ -1,0 +1,36 @@
+// The pure decisions of a configuration reload (SIGHUP): which settings need a restart, and
+// which listening sockets stay, open or close. The supervisor applies them.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+
+namespace cloister {
+
+// Returns one message per setting that differs between current and next and that only a
+// restart applies, such as
+//   `[sandbox] seccomp changed from "enforce" to "log" (file:line:column); a restart
+//   applies it, a reload keeps "enforce"`, where the location is that of the [sandbox] table.
+// The [sandbox] table is decided once at start: its users and root directory are checked and
+// created by the supervisor, and its namespaces were probed then. Every other setting
+// reloads. Empty when next can replace current.
+std::vector<std::string> restart_only_changes(const Config& current, const Config& next);
+
+// The listeners of a reload, from the bound addresses of the current listeners and the
+// addresses the new configuration requests (both formatted by format_address).
+struct ListenerDiff {
+    // One entry per wanted address, in order: the index of the current listener that keeps
+    // serving it, or none when a new socket must be bound.
+    std::vector<std::optional<std::size_t>> reuse;
+    // The indices of current listeners that no wanted address names; they close.
+    std::vector<std::size_t> removed;
+};
+
+ListenerDiff diff_listeners(const std::vector<std::string>& current,
+                            const std::vector<std::string>& wanted);
+
+}  // namespace cloister

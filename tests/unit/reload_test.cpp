@@ -1,0 +1,117 @@
+// Tests of the reload decisions: which setting changes need a restart, and which listening
+// sockets a reload keeps, binds and closes.
+#include "core/reload.h"
+
+#include <gtest/gtest.h>
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace cloister {
+namespace {
+
+constexpr std::string_view kBase = R"([[listener]]
+address = "127.0.0.1:8443"
+
+[[key]]
+name = "rsa"
+file = "keys/rsa.key"
+
+[[vhost]]
+server-names = ["www.example.test"]
+backend = "127.0.0.1:8080"
+
+[[vhost.certificate]]
+chain = "certs/rsa.pem"
+key = "rsa"
+)";
+
+Config parse(std::string_view extra) {
+    return parse_config(std::string(kBase) + std::string(extra), "/etc/cloister/cloister.toml");
+}
+
+TEST(RestartOnlyChanges, NoneForTheSameConfig) {
+    const Config config = parse("[sandbox]\nseccomp = \"log\"\n");
+    EXPECT_TRUE(restart_only_changes(config, config).empty());
+}
+
+TEST(RestartOnlyChanges, NoneForReloadableSettings) {
+    const Config current = parse("");
+    const Config next = parse(R"(
+[server]
+tls-backend = "botan"
+log-level = "debug"
+
+[limits]
+spare-children = 9
+max-connections = 20
+
+[key-process]
+workers = 3
+)");
+    EXPECT_TRUE(restart_only_changes(current, next).empty());
+}
+
+TEST(RestartOnlyChanges, NamesEachSandboxKeyWithItsLocation) {
+    const Config current = parse("");
+    const Config next = parse(R"(
+[sandbox]
+network-user = "proxy-net"
+key-user = "proxy-key"
+root-directory = "/var/empty/proxy"
+seccomp = "log"
+namespaces = false
+)");
+    const std::vector<std::string> changes = restart_only_changes(current, next);
+    ASSERT_EQ(changes.size(), 5U);
+    EXPECT_EQ(changes[0],
+              R"([sandbox] network-user changed from "cloister-net" to "proxy-net" )"
+              R"((/etc/cloister/cloister.toml:16:1); a restart applies it, a reload keeps )"
+              R"("cloister-net")");
+    EXPECT_NE(changes[1].find(R"([sandbox] key-user changed from "cloister-key" to "proxy-key")"),
+              std::string::npos);
+    EXPECT_NE(changes[2].find(R"(root-directory changed from "/var/lib/cloister/empty" to )"
+                              R"("/var/empty/proxy")"),
+              std::string::npos);
+    EXPECT_NE(changes[3].find(R"([sandbox] seccomp changed from "enforce" to "log")"),
+              std::string::npos);
+    EXPECT_NE(changes[4].find(R"([sandbox] namespaces changed from "true" to "false")"),
+              std::string::npos);
+}
+
+TEST(DiffListeners, KeepsOpensAndCloses) {
+    const ListenerDiff diff =
+        diff_listeners({"127.0.0.1:8443", "[::1]:8443", "unix:/run/a.sock"},
+                       {"unix:/run/a.sock", "127.0.0.1:9443", "127.0.0.1:8443"});
+    ASSERT_EQ(diff.reuse.size(), 3U);
+    EXPECT_EQ(diff.reuse[0], std::optional<std::size_t>(2));
+    EXPECT_EQ(diff.reuse[1], std::nullopt);
+    EXPECT_EQ(diff.reuse[2], std::optional<std::size_t>(0));
+    EXPECT_EQ(diff.removed, std::vector<std::size_t>{1});
+}
+
+TEST(DiffListeners, SameAddressesKeepEverySocket) {
+    const ListenerDiff diff =
+        diff_listeners({"127.0.0.1:1", "127.0.0.1:2"}, {"127.0.0.1:1", "127.0.0.1:2"});
+    EXPECT_EQ(diff.reuse[0], std::optional<std::size_t>(0));
+    EXPECT_EQ(diff.reuse[1], std::optional<std::size_t>(1));
+    EXPECT_TRUE(diff.removed.empty());
+}
+
+TEST(DiffListeners, EachSocketServesOneAddress) {
+    const ListenerDiff diff = diff_listeners({"127.0.0.1:1"}, {"127.0.0.1:1", "127.0.0.1:1"});
+    EXPECT_EQ(diff.reuse[0], std::optional<std::size_t>(0));
+    EXPECT_EQ(diff.reuse[1], std::nullopt);
+    EXPECT_TRUE(diff.removed.empty());
+}
+
+TEST(DiffListeners, EmptyWantedClosesAll) {
+    const ListenerDiff diff = diff_listeners({"127.0.0.1:1", "127.0.0.1:2"}, {});
+    EXPECT_TRUE(diff.reuse.empty());
+    EXPECT_EQ(diff.removed, (std::vector<std::size_t>{0, 1}));
+}
+
+}  // namespace
+}  // namespace cloister
