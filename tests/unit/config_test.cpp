@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/fd.h"
+#include "tests/unit/minimal_config.h"
 
 namespace cloister {
 namespace {
@@ -25,21 +26,7 @@ namespace {
 using std::chrono::milliseconds;
 
 // The smallest valid config. Lines 1 to 14; tests append tables from line 15 on.
-constexpr std::string_view kMinimal = R"([[listener]]
-address = "127.0.0.1:8443"
-
-[[key]]
-name = "rsa"
-file = "keys/rsa.key"
-
-[[vhost]]
-server-names = ["www.example.test"]
-backend = "127.0.0.1:8080"
-
-[[vhost.certificate]]
-chain = "certs/rsa.pem"
-key = "rsa"
-)";
+constexpr std::string_view kMinimal = test::kMinimalConfig;
 
 constexpr std::string_view kListenerAndKey = R"([[listener]]
 address = "127.0.0.1:8443"

@@ -9,27 +9,14 @@
 #include <string_view>
 #include <vector>
 
+#include "tests/unit/minimal_config.h"
+
 namespace cloister {
 namespace {
 
-constexpr std::string_view kBase = R"([[listener]]
-address = "127.0.0.1:8443"
-
-[[key]]
-name = "rsa"
-file = "keys/rsa.key"
-
-[[vhost]]
-server-names = ["www.example.test"]
-backend = "127.0.0.1:8080"
-
-[[vhost.certificate]]
-chain = "certs/rsa.pem"
-key = "rsa"
-)";
-
 Config parse(std::string_view extra) {
-    return parse_config(std::string(kBase) + std::string(extra), "/etc/cloister/cloister.toml");
+    return parse_config(std::string(test::kMinimalConfig) + std::string(extra),
+                        "/etc/cloister/cloister.toml");
 }
 
 TEST(RestartOnlyChanges, NoneForTheSameConfig) {
