@@ -797,6 +797,41 @@ TEST_F(SupervisorTest, ReloadKeepsHeldConnection) {
     EXPECT_TRUE(eventually([&] { return count_comm(children(), "cloister-key") == 1; }));
 }
 
+TEST_F(SupervisorTest, ReloadsStopAtEightDrainingGenerations) {
+    config_.limits.max_connections = 32;
+    const Config next = config_;
+    launch_and_wait_ready(FakeOptions{.load_config = [next] { return next; }});
+    // Each held connection keeps its generation, and so its key process, alive.
+    std::vector<Fd> held;
+    for (int generation = 2; generation <= 9; ++generation) {
+        held.push_back(connect_to(port_));
+        send(held.back().get(), "x", 1, MSG_NOSIGNAL);
+        ASSERT_EQ(receive(held.back().get(), 1), "x");
+        const std::size_t mark = log_->mark();
+        kill(pid_, SIGHUP);
+        ASSERT_TRUE(log_->wait_for("\\(generation " + std::to_string(generation) + "\\)", mark))
+            << log_->text();
+    }
+    EXPECT_TRUE(log_->wait_for("8 older generations draining \\(at most 8\\)")) << log_->text();
+    EXPECT_EQ(count_comm(children(), "cloister-key"), 9U);
+
+    std::size_t mark = log_->mark();
+    kill(pid_, SIGHUP);
+    EXPECT_TRUE(
+        log_->wait_for("reload failed: 8 older generations still serve connections, the "
+                       "maximum; send SIGHUP again once one of them has drained; keeping "
+                       "the configuration loaded at \\S+ \\(generation 9\\)",
+                       mark))
+        << log_->text();
+    EXPECT_EQ(count_comm(children(), "cloister-key"), 9U);
+
+    mark = log_->mark();
+    held.front().reset();
+    EXPECT_TRUE(log_->wait_for("key process \\d+ of generation 1 stopped", mark)) << log_->text();
+    kill(pid_, SIGHUP);
+    EXPECT_TRUE(log_->wait_for("\\(generation 10\\)", mark)) << log_->text();
+}
+
 TEST_F(SupervisorTest, FailedReloadKeepsServing) {
     launch_and_wait_ready(FakeOptions{.load_config = []() -> Config {
         throw Error(ErrorKind::config, "cloister.toml:3:1: invalid TOML");
