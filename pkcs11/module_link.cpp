@@ -322,8 +322,8 @@ void ModuleLink::open_token(TokenLink& token) {
     }
 }
 
-// NOTE: each key keeps the mechanism plans probed at start; a token whose mechanisms changed
-// while it was away needs a restart of cloister.
+// NOTE: each key keeps the mechanism plans probed when its key process started; a token whose
+// mechanisms changed while it was away needs a reload (SIGHUP) or a restart of cloister.
 void ModuleLink::find_keys_again() {
     for (const std::unique_ptr<KeyLink>& key : keys_) {
         const SessionPool::Lease lease = key->token->sessions->acquire();
