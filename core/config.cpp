@@ -700,6 +700,8 @@ KeyProcessConfig read_key_process(const Section& section) {
     key_process.max_operations_per_channel = section.integer_or(
         "max-operations-per-channel", 1, 64, key_process.max_operations_per_channel);
     key_process.pkcs11_module = section.file("pkcs11-module");
+    key_process.stats_interval = std::chrono::seconds(
+        section.integer_or("stats-interval", 0, 86'400, key_process.stats_interval.count()));
     return key_process;
 }
 
@@ -1085,7 +1087,7 @@ Config read_config(const Section& top) {
         config.limits = read_limits(*section);
     }
     if (const auto section = top.table("key-process", {"workers", "max-operations-per-channel",
-                                                      "pkcs11-module"})) {
+                                                      "pkcs11-module", "stats-interval"})) {
         config.key_process = read_key_process(*section);
     }
     config.keys = read_keys(top, config.key_process);

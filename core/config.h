@@ -102,6 +102,8 @@ struct KeyProcessConfig {
     unsigned max_operations_per_channel = 1;
     // The PKCS#11 module for [[key]] tables with a uri that name none (`pkcs11-module`).
     std::optional<std::filesystem::path> pkcs11_module;
+    // Period of the key operation stats lines (`stats-interval`); 0 turns them off.
+    std::chrono::seconds stats_interval{60};
 };
 
 // A private key held by the key process. Index in Config::keys is the key index on the

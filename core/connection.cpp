@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "core/key_client.h"
 #include "core/log.h"
+#include "core/log_field.h"
 #include "core/process_title.h"
 #include "core/proxy.h"
 #include "core/sandbox_sigsys.h"
@@ -242,30 +243,6 @@ int connection_process_main(const Config& config, TlsStack& stack, ConnectionCha
 }
 
 // ---- one TLS connection ---------------------------------------------------------------
-
-// Escapes control bytes, quotes and backslashes as \xHH, because several fields come from
-// the peer and must not forge log fields or lines. A value field (escape_spaces) also
-// escapes spaces and bytes above 0x7e; the free-text reason keeps them.
-std::string escape_log_text(std::string_view value, bool escape_spaces) {
-    std::string escaped;
-    escaped.reserve(value.size());
-    for (const char c : value) {
-        const auto byte = static_cast<unsigned char>(c);
-        const bool unsafe = byte < 0x20 || byte == 0x7f || c == '"' || c == '\\' ||
-                            (escape_spaces && (byte == 0x20 || byte > 0x7f));
-        if (unsafe) {
-            escaped += fmt::format("\\x{:02x}", byte);
-        } else {
-            escaped += c;
-        }
-    }
-    return escaped;
-}
-
-// Formats one key=value field value: "-" when empty, escaped otherwise.
-std::string field(const std::string& value) {
-    return escape_log_text(value.empty() ? std::string("-") : value, true);
-}
 
 // Describes a handshake step that neither finished nor asked to wait.
 std::string describe_handshake_failure(const IoResult& result) {
@@ -530,9 +507,10 @@ std::string format_summary(const ConnectionSummary& summary) {
     std::string line = fmt::format(
         "connection closed: peer={} sni={} vhost={} protocol={} cipher={} scheme={} alpn={} "
         "bytes_in={} bytes_out={} duration_ms={} result={}",
-        field(summary.peer), field(summary.sni), field(summary.vhost), field(summary.protocol),
-        field(summary.cipher), field(summary.scheme), field(summary.alpn), summary.bytes_in,
-        summary.bytes_out, summary.duration.count(), to_string(summary.result));
+        log_field(summary.peer), log_field(summary.sni), log_field(summary.vhost),
+        log_field(summary.protocol), log_field(summary.cipher), log_field(summary.scheme),
+        log_field(summary.alpn), summary.bytes_in, summary.bytes_out, summary.duration.count(),
+        to_string(summary.result));
     if (summary.result != ConnectionResult::ok) {
         line += fmt::format(" reason=\"{}\"", escape_log_text(summary.reason, false));
     }

@@ -7,12 +7,14 @@
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
 #include <exception>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -46,6 +48,37 @@ HandlerOptions handler_options(const KeyProcessConfig& config, bool rsa_decrypti
     options.tls_signing_policy = true;
     options.rsa_decryption = rsa_decryption;
     return options;
+}
+
+// Returns a CLOCK_MONOTONIC timerfd that expires every interval, or an empty Fd when interval is
+// 0. Created and armed before the sandbox, because the seccomp policy of the key process
+// allows neither timerfd_create nor timerfd_settime; reading it needs only read().
+Fd make_stats_timer(std::chrono::seconds interval) {
+    if (interval.count() <= 0) {
+        return {};
+    }
+    Fd fd(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    if (!fd) {
+        throw_system_error("timerfd_create");
+    }
+    itimerspec period{};
+    period.it_interval.tv_sec = static_cast<time_t>(interval.count());
+    period.it_value = period.it_interval;
+    if (::timerfd_settime(fd.get(), 0, &period, nullptr) != 0) {
+        throw_system_error("timerfd_settime");
+    }
+    return fd;
+}
+
+// Returns the private-key operation of a request type, or nullopt for a type without one.
+std::optional<KeyOperation> private_key_operation(keyproto::MessageType type) {
+    if (type == keyproto::MessageType::sign) {
+        return KeyOperation::sign;
+    }
+    if (type == keyproto::MessageType::decrypt) {
+        return KeyOperation::decrypt;
+    }
+    return std::nullopt;
 }
 
 Fd make_signalfd() {
@@ -128,8 +161,10 @@ KeyServer::KeyServer(const KeyStore& store, const KeyProcessConfig& config, Fd c
                      bool rsa_decryption)
     : store_(store),
       handler_(store, handler_options(config, rsa_decryption)),
-      worker_count_(resolve_worker_count(config.workers)) {
+      worker_count_(resolve_worker_count(config.workers)),
+      metrics_(store, rsa_decryption) {
     signals_.fd = make_signalfd();
+    timer_.fd = make_stats_timer(config.stats_interval);
     control_.fd = std::move(control);
     wake_.fd = Fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
     if (!wake_.fd) {
@@ -141,6 +176,9 @@ KeyServer::KeyServer(const KeyStore& store, const KeyProcessConfig& config, Fd c
     }
     add(control_, EPOLLIN | EPOLLONESHOT);
     add(signals_, EPOLLIN | EPOLLONESHOT);
+    if (timer_.fd) {
+        add(timer_, EPOLLIN | EPOLLONESHOT);
+    }
     // Level-triggered without EPOLLONESHOT: once written, it wakes every worker.
     add(wake_, EPOLLIN);
 }
@@ -193,7 +231,7 @@ int KeyServer::run() {
     for (std::thread& worker : workers) {
         worker.join();
     }
-    spdlog::info("{}", stats_.summary());
+    report_stats();
     const int status = exit_status_.load();
     return status < 0 ? 0 : status;
 }
@@ -229,10 +267,13 @@ void KeyServer::dispatch(int fd) {
     if (fd == wake_.fd.get()) {
         return;
     }
-    if (fd == control_.fd.get() || fd == signals_.fd.get()) {
+    const bool is_timer = timer_.fd && fd == timer_.fd.get();
+    if (fd == control_.fd.get() || fd == signals_.fd.get() || is_timer) {
         try {
             if (fd == control_.fd.get()) {
                 serve_control();
+            } else if (is_timer) {
+                serve_timer();
             } else {
                 serve_signal();
             }
@@ -283,12 +324,31 @@ void KeyServer::serve_signal() {
         return;
     }
     if (info.ssi_signo == SIGUSR1) {
-        spdlog::info("{}", stats_.summary());
+        report_stats();
         rearm(signals_);
         return;
     }
     spdlog::info("key process stopping on {}", signal_name(info.ssi_signo));
     stop(0);
+}
+
+void KeyServer::serve_timer() {
+    // The expiration count is not used, because a report covers the time since the previous one.
+    std::uint64_t expirations = 0;
+    if (::read(timer_.fd.get(), &expirations, sizeof(expirations)) < 0 && errno != EAGAIN) {
+        spdlog::error("reading the stats timer failed: {}", std::strerror(errno));
+    } else if (expirations > 0) {
+        report_stats();
+    }
+    rearm(timer_);
+}
+
+void KeyServer::report_stats() {
+    const std::lock_guard lock(report_mutex_);
+    for (const std::string& line : metrics_.report()) {
+        spdlog::info("{}", line);
+    }
+    spdlog::info("{}", stats_.summary());
 }
 
 void KeyServer::attach(ControlMessage& message) {
@@ -349,6 +409,9 @@ void KeyServer::serve_channel(Source& channel) {
         rearm(channel);
         return;
     }
+    // NOTE: the latency starts here, so the time the request waited in the socket while every
+    // worker was busy is not measured.
+    const auto arrival = KeyMetrics::Clock::now();
     if (received <= 0) {
         // 0: end of stream. A zero-length SOCK_SEQPACKET datagram reads the same way and
         // also ends the channel.
@@ -374,7 +437,9 @@ void KeyServer::serve_channel(Source& channel) {
 
     const HandlerResult result = handler_.handle(*decoded.value, channel.state);
     record(channel, *decoded.value, result);
-    if (!send_response(channel, result.response)) {
+    const bool sent = send_response(channel, result.response);
+    measure(*decoded.value, result, arrival);
+    if (!sent) {
         close_channel(channel);
         return;
     }
@@ -405,6 +470,18 @@ void KeyServer::record(const Source& channel, const keyproto::Request& request,
     } else {
         spdlog::error("connection {}: {} failed: {}", id, describe_request(request), result.reason);
     }
+}
+
+void KeyServer::measure(const keyproto::Request& request, const HandlerResult& result,
+                        KeyMetrics::Clock::time_point arrival) {
+    const std::optional<KeyOperation> operation = private_key_operation(request.type);
+    if (!operation) {
+        return;
+    }
+    OperationTiming timing;
+    timing.request = KeyMetrics::Clock::now() - arrival;
+    timing.token = result.token_time;
+    metrics_.record(request.key_index, *operation, result.response.status, timing);
 }
 
 bool KeyServer::send_response(const Source& channel, const keyproto::Response& response) {

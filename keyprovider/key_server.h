@@ -16,6 +16,7 @@
 #include "core/fd.h"
 #include "core/key_protocol.h"
 #include "keyprovider/control_channel.h"
+#include "keyprovider/key_metrics.h"
 #include "keyprovider/key_store.h"
 #include "keyprovider/request_handler.h"
 
@@ -52,9 +53,10 @@ class KeyServer {
   public:
     // Blocks SIGTERM and SIGUSR1 in the calling thread (they stay blocked after the
     // server is gone, because a pending one would otherwise take its default action) and
-    // receives them through a signalfd. store must outlive the server. rsa_decryption serves
-    // decrypt requests ([tls] rsa-key-exchange). Throws Error(system) when a descriptor cannot
-    // be created.
+    // receives them through a signalfd. Creates and arms the timerfd of
+    // config.stats_interval here, before any sandbox, so that serving needs only read() on it.
+    // store must outlive the server. rsa_decryption serves decrypt requests
+    // ([tls] rsa-key-exchange). Throws Error(system) when a descriptor cannot be created.
     KeyServer(const KeyStore& store, const KeyProcessConfig& config, Fd control,
               bool rsa_decryption = false);
     KeyServer(const KeyServer&) = delete;
@@ -64,7 +66,7 @@ class KeyServer {
     ~KeyServer();
 
     // Serves until the control channel reaches end of stream or SIGTERM arrives
-    // (status 0), or a worker fails (status 1). Logs the stats line before it returns.
+    // (status 0), or a worker fails (status 1). Logs the stats lines before it returns.
     int run();
 
     [[nodiscard]] const KeyProcessStats& stats() const { return stats_; }
@@ -85,7 +87,10 @@ class KeyServer {
     Source* find_channel(int fd);
     void serve_control();
     void serve_signal();
+    void serve_timer();
     void serve_channel(Source& channel);
+    // Logs one key operation stats line per key and operation, then the stats summary.
+    void report_stats();
 
     void attach(ControlMessage& message);
     void register_channel(std::uint64_t connection_id, bool unlimited, Fd fd);
@@ -94,17 +99,25 @@ class KeyServer {
                           const std::string& reason);
     void record(const Source& channel, const keyproto::Request& request,
                 const HandlerResult& result);
+    // Records the latency of a private-key request whose response was sent (or failed to
+    // send), measured from arrival, the moment its datagram was read.
+    void measure(const keyproto::Request& request, const HandlerResult& result,
+                 KeyMetrics::Clock::time_point arrival);
     static bool send_response(const Source& channel, const keyproto::Response& response);
 
     const KeyStore& store_;
     RequestHandler handler_;
     unsigned worker_count_;
     KeyProcessStats stats_;
+    KeyMetrics metrics_;
+    // Keeps the lines of one report together when the timer and SIGUSR1 fire at once.
+    std::mutex report_mutex_;
 
     Fd epoll_;
     Source control_;
     Source signals_;
-    Source wake_;  // an eventfd that stays readable once stop() wrote to it
+    Source wake_;   // an eventfd that stays readable once stop() wrote to it
+    Source timer_;  // a periodic timerfd for the stats lines, or none when they are off
 
     // Guards channels_. Every epoll_ctl on a channel also runs under it, so whatever one
     // worker did to a channel happens before the next worker takes the channel's event.

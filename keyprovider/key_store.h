@@ -1,8 +1,10 @@
 // The interface between the key process's request handling and the place where keys live.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -44,6 +46,15 @@ class KeyStore {
     [[nodiscard]] virtual std::vector<std::uint8_t> sign(
         std::size_t index, keyproto::SignatureScheme scheme,
         std::span<const std::uint8_t> message) const = 0;
+    // Same as sign(), and sets token_time to the duration of the PKCS#11 token's signing calls
+    // when the key is in a token and the request reached the token, also when the token fails.
+    // The default calls sign() and leaves token_time unchanged.
+    [[nodiscard]] virtual std::vector<std::uint8_t> sign_timed(
+        std::size_t index, keyproto::SignatureScheme scheme, std::span<const std::uint8_t> message,
+        std::optional<std::chrono::nanoseconds>& token_time) const {
+        static_cast<void>(token_time);
+        return sign(index, scheme, message);
+    }
     // Returns the SignatureScheme code points that sign() serves for the key, for the key_info
     // request. The default is every scheme that fits the key type (scheme_fits); a key in a
     // PKCS#11 token may serve fewer (see pkcs11/mechanisms.h).

@@ -88,14 +88,19 @@ HandlerResult RequestHandler::sign(const Request& request, ChannelState& channel
     }
 
     ++channel.operations;
+    std::optional<std::chrono::nanoseconds> token_time;
+    HandlerResult result;
     try {
         const auto scheme = static_cast<keyproto::SignatureScheme>(request.scheme);
-        return make_ok(request, store_.sign(request.key_index, scheme, request.payload));
+        result = make_ok(request,
+                         store_.sign_timed(request.key_index, scheme, request.payload, token_time));
     } catch (const Error& error) {
-        return make_result(request, Status::failed,
-                           fmt::format("signing with key '{}' failed: {}",
-                                       store_.key_name(request.key_index), error.what()));
+        result = make_result(request, Status::failed,
+                             fmt::format("signing with key '{}' failed: {}",
+                                         store_.key_name(request.key_index), error.what()));
     }
+    result.token_time = token_time;
+    return result;
 }
 
 std::optional<HandlerResult> RequestHandler::check_sign(const Request& request,

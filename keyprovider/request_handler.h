@@ -2,6 +2,7 @@
 // serving loop sends the response and logs the outcome.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -34,6 +35,8 @@ struct HandlerResult {
     keyproto::Response response;
     // Reason the request was not served, for the log line. Empty when the status is ok.
     std::string reason;
+    // Duration of the PKCS#11 token's signing calls, when the request reached a token.
+    std::optional<std::chrono::nanoseconds> token_time;
 };
 
 // Returns a response to request with status and no payload, and reason for the log line.

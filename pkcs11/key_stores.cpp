@@ -42,6 +42,11 @@ class CombinedKeyStore final : public KeyStore {
         std::span<const std::uint8_t> message) const override {
         return store(index).sign(places_[index].index, scheme, message);
     }
+    [[nodiscard]] std::vector<std::uint8_t> sign_timed(
+        std::size_t index, keyproto::SignatureScheme scheme, std::span<const std::uint8_t> message,
+        std::optional<std::chrono::nanoseconds>& token_time) const override {
+        return store(index).sign_timed(places_[index].index, scheme, message, token_time);
+    }
     [[nodiscard]] std::vector<std::uint16_t> supported_schemes(std::size_t index) const override {
         return store(index).supported_schemes(places_[index].index);
     }

@@ -196,15 +196,19 @@ void ModuleLink::check_test_signatures(const KeyLink& link, CK_SESSION_HANDLE se
 }
 
 std::vector<std::uint8_t> ModuleLink::sign(const KeyLink& key, const SignPlan& plan,
-                                           std::span<const std::uint8_t> message) {
+                                           std::span<const std::uint8_t> message,
+                                           std::optional<std::chrono::nanoseconds>& token_time) {
     ensure_open();
     const std::shared_lock lock(mutex_, std::try_to_lock);
     if (!lock.owns_lock() || broken_.load()) {
         throw_unavailable("its sessions are being reopened");
     }
     const SessionPool::Lease lease = key.token->sessions->acquire();
+    // Timed after the session lease, so that waiting for a free session is not token time.
+    const auto start = Clock::now();
     TokenSignature result =
         sign_on_token(module_.api(), lease.handle(), key.key.handle, plan, message);
+    token_time = Clock::now() - start;
     if (result.rv == CKR_OK) {
         return std::move(result.signature);
     }

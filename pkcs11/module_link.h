@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <shared_mutex>
 #include <span>
 #include <string>
@@ -68,10 +69,12 @@ class ModuleLink {
     // public key. Call before any sign(). Throws Error(config) with the reason.
     const KeyLink& add_key(const std::string& name, const Uri& uri, SecretBytes pin);
 
-    // Signs message with key as plan prescribes. Throws Error(crypto) when the token fails or
-    // is being reopened.
-    [[nodiscard]] std::vector<std::uint8_t> sign(const KeyLink& key, const SignPlan& plan,
-                                                 std::span<const std::uint8_t> message);
+    // Signs message with key as plan prescribes, and sets token_time to the duration of the
+    // token's signing calls once they ran. Throws Error(crypto) when the token fails or is
+    // being reopened.
+    [[nodiscard]] std::vector<std::uint8_t> sign(
+        const KeyLink& key, const SignPlan& plan, std::span<const std::uint8_t> message,
+        std::optional<std::chrono::nanoseconds>& token_time);
 
     [[nodiscard]] const Module& module() const { return module_; }
 

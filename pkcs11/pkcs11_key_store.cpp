@@ -113,6 +113,13 @@ std::vector<std::uint8_t> Pkcs11KeyStore::public_key(std::size_t index) const {
 
 std::vector<std::uint8_t> Pkcs11KeyStore::sign(std::size_t index, keyproto::SignatureScheme scheme,
                                                std::span<const std::uint8_t> message) const {
+    std::optional<std::chrono::nanoseconds> token_time;
+    return sign_timed(index, scheme, message, token_time);
+}
+
+std::vector<std::uint8_t> Pkcs11KeyStore::sign_timed(
+    std::size_t index, keyproto::SignatureScheme scheme, std::span<const std::uint8_t> message,
+    std::optional<std::chrono::nanoseconds>& token_time) const {
     const Entry& found = entry(index);
     const std::vector<SignPlan>& plans = found.key->plans;
     const auto plan = std::find_if(plans.begin(), plans.end(), [scheme](const SignPlan& candidate) {
@@ -124,7 +131,7 @@ std::vector<std::uint8_t> Pkcs11KeyStore::sign(std::size_t index, keyproto::Sign
                                 "or allow the mechanism",
                                 found.key->name, static_cast<std::uint16_t>(scheme)));
     }
-    return found.module->sign(*found.key, *plan, message);
+    return found.module->sign(*found.key, *plan, message, token_time);
 }
 
 std::vector<std::uint16_t> Pkcs11KeyStore::supported_schemes(std::size_t index) const {

@@ -46,6 +46,9 @@ class Pkcs11KeyStore final : public KeyStore {
     [[nodiscard]] std::vector<std::uint8_t> sign(
         std::size_t index, keyproto::SignatureScheme scheme,
         std::span<const std::uint8_t> message) const override;
+    [[nodiscard]] std::vector<std::uint8_t> sign_timed(
+        std::size_t index, keyproto::SignatureScheme scheme, std::span<const std::uint8_t> message,
+        std::optional<std::chrono::nanoseconds>& token_time) const override;
     [[nodiscard]] std::vector<std::uint16_t> supported_schemes(std::size_t index) const override;
 
   private:

@@ -33,7 +33,8 @@ cloister in its own process group and waits up to 20 s for the "started" log lin
 ``DaemonError`` with the log. It exposes ``pid``, ``port`` and ``ports``, ``log``
 (stderr and stdout), ``log_mark``, ``wait_for_log``, ``connection_records`` and
 ``wait_for_record`` (parsed "connection closed:" lines), ``processes`` and ``children`` (from
-``ps``), ``key_pid``, ``key_stats`` (SIGUSR1) and ``assert_no_zombies``. ``stop()`` sends
+``ps``), ``key_pid``, ``key_stats`` (SIGUSR1), ``key_operation_stats`` (SIGUSR1 through the
+supervisor) and ``assert_no_zombies``. ``stop()`` sends
 SIGTERM, checks the exit status and checks that no child outlives the supervisor. Leaving
 the ``with`` block, or ``close()``, kills the process group and removes the folder.
 
@@ -79,6 +80,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import unittest
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -95,6 +97,7 @@ _ADDRESS_IN_USE_RE = re.compile(r"address already in use", re.IGNORECASE)
 _RECORD_RE = re.compile(r"connection closed: (.*)$", re.MULTILINE)
 _FIELD_RE = re.compile(r"(\w+)=(\S*)")
 _STATS_RE = re.compile(r"key process stats: (.*)$", re.MULTILINE)
+_OPERATION_STATS_RE = re.compile(r"key operation stats: (.*)$", re.MULTILINE)
 
 
 class DaemonError(Exception):
@@ -1013,6 +1016,23 @@ class Daemon:
         match = self.wait_for_log(_STATS_RE, since=mark, timeout=timeout)
         return {key: int(value) for key, value in _FIELD_RE.findall(match.group(1))}
 
+    def key_operation_stats(self, timeout: float = DEFAULT_TIMEOUT
+                            ) -> dict[tuple[str, str], dict[str, str]]:
+        """Send SIGUSR1 to the supervisor, which forwards it to the key process, and return
+        the key operation stats lines of that report by (key, operation).
+
+        Each value maps the line's field names to their text ("-" for no value); the fields
+        are described in docs/operations.md. Each report starts a new period.
+        """
+        mark = self.log_mark()
+        os.kill(self.pid, signal.SIGUSR1)
+        end = self.wait_for_log(_STATS_RE, since=mark, timeout=timeout)
+        lines = {}
+        for match in _OPERATION_STATS_RE.finditer(self.log[:end.start()], mark):
+            fields = dict(_FIELD_RE.findall(match.group(1)))
+            lines[(fields["key"], fields["operation"])] = fields
+        return lines
+
     def assert_no_zombies(self, settle: float = 2.0) -> None:
         """Raise AssertionError if a child stays a zombie for ``settle`` seconds.
 
@@ -1096,6 +1116,23 @@ class Daemon:
 
 
 HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+
+
+QUANTILE_FIELDS = ("p50_us", "p90_us", "p99_us", "max_us")
+
+
+def check_latency_quantiles(test: unittest.TestCase, line: Mapping[str, str],
+                            prefix: str = "") -> list[int]:
+    """Check that the quantiles with ``prefix`` of a key operation stats line are positive
+    and ordered (p50 <= p90 <= p99 <= max); return them in that order."""
+    values = []
+    for name in QUANTILE_FIELDS:
+        text = line[prefix + name]
+        test.assertRegex(text, r"^\d+$", f"{prefix}{name} in {line}")
+        values.append(int(text))
+    test.assertGreater(values[0], 0, line)
+    test.assertEqual(values, sorted(values), line)
+    return values
 
 
 def http_request(host: str) -> bytes:

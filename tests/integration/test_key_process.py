@@ -1,7 +1,8 @@
-"""The key process: restarted after SIGKILL under load, and counting one signature per full
-handshake and none for a resumed session.
+"""The key process: restarted after SIGKILL under load, counting one signature per full
+handshake and none for a resumed session, and reporting the latency of each signature.
 
-The counters come from SIGUSR1 ("key process stats: ..."), read through harness.key_stats.
+The counters come from SIGUSR1 ("key process stats: ..."), read through harness.key_stats,
+and the latency lines ("key operation stats: ...") through harness.key_operation_stats.
 """
 
 import os
@@ -180,6 +181,27 @@ class SignatureCountTest(unittest.TestCase):
                          (before, after))
         self.assertEqual(after["refused"], before["refused"], (before, after))
         self.assertEqual(after["malformed"], before["malformed"], (before, after))
+
+    def test_latency_stats_count_full_handshakes(self):
+        self.daemon.key_operation_stats()  # starts a new period
+        handshakes = 12
+        for index in range(handshakes):
+            self.s_client("www.example.test", "1.3" if index % 2 else "1.2")
+        stats = self.daemon.key_operation_stats()
+        p256 = stats[("p256", "sign")]
+        self.assertEqual(int(p256["count"]), handshakes, p256)
+        self.assertEqual(int(p256["failed"]), 0, p256)
+        self.assertEqual(int(p256["refused"]), 0, p256)
+        self.assertGreaterEqual(int(p256["total_count"]), handshakes, p256)
+        harness.check_latency_quantiles(self, p256)
+        harness.check_latency_quantiles(self, p256, "total_")
+        for name in harness.QUANTILE_FIELDS:
+            self.assertEqual(p256["token_" + name], "-", p256)
+        # The RSA key signed nothing in this period, and RSA key exchange is off.
+        rsa = stats[("rsa", "sign")]
+        self.assertEqual(int(rsa["count"]), 0, rsa)
+        self.assertEqual(rsa["p50_us"], "-", rsa)
+        self.assertNotIn(("rsa", "decrypt"), stats)
 
     def test_resumed_tls12_session_costs_nothing(self):
         session_file = harness.run_dir() / "key-process-tls12.session"

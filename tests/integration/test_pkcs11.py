@@ -11,7 +11,9 @@ naming a softhsm2.conf of its own, and points [[key]] uri entries at it. The cas
   references cloister rejects;
 - the messages for a wrong PIN, a missing token or object, and an ambiguous reference;
 - OpenSC's pkcs11-spy.so between the key process and SoftHSM: only the key process loads a
-  module, and signing opens no session, logs in and searches nothing after warm-up;
+  module, and signing opens no session, logs in and searches nothing after warm-up, also
+  with 8 concurrent clients; the key operation stats count each signature and time the
+  token calls;
 - a remote token through p11-kit server and p11-kit-client.so that stops and comes back.
 
 Needs softhsm2-util, pkcs11-tool (opensc), p11-kit and the modules of the softhsm2, opensc
@@ -29,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 from pathlib import Path
@@ -778,22 +781,87 @@ def mapped_files(pid: int) -> set[str]:
 class SpyTest(unittest.TestCase):
     """pkcs11-spy.so between the key process and SoftHSM records every PKCS#11 call."""
 
-    def test_module_loading_and_call_counts(self):
+    CLIENTS = 8
+    HANDSHAKES_PER_CLIENT = 13
+    SESSION_CALLS = ("C_OpenSession", "C_Login", "C_FindObjectsInit", "C_FindObjects",
+                     "C_GetSlotList", "C_CloseSession")
+
+    @contextlib.contextmanager
+    def spy_daemon(self, label: str, **sections: Mapping[str, Any]
+                   ) -> Iterator[tuple[harness.Daemon, Path]]:
+        """Start a daemon whose RSA key is in a new token behind pkcs11-spy.so; yield it and
+        the spy's log."""
         reason = missing_tools()
         if reason:
             self.skipTest(reason)
         pki = harness.pki()
-        token = Token("spy")
+        token = Token(label)
         token.import_key(pki.rsa.key, "rsa")
         spy_log = token.folder / "spy.log"
         spy = {**token.environment, "PKCS11SPY": str(SOFTHSM_MODULE),
                "PKCS11SPY_OUTPUT": str(spy_log)}
         with harness.HttpBackend(HTTP_BODY) as backend, environment(spy):
             vhosts = [harness.vhost(["www.example.test"], backend, pki.rsa, default=True)]
-            document = token_config(vhosts, [token.key_entry("rsa", module=SPY_MODULE)])
+            document = token_config(vhosts, [token.key_entry("rsa", module=SPY_MODULE)],
+                                    **sections)
             with harness.Daemon(document) as daemon:
-                self.check_maps(daemon)
-                self.check_calls(daemon, spy_log)
+                yield daemon, spy_log
+
+    def test_module_loading_and_call_counts(self):
+        with self.spy_daemon("spy") as (daemon, spy_log):
+            self.check_maps(daemon)
+            self.check_calls(daemon, spy_log)
+
+    def test_concurrent_handshakes_reuse_sessions(self):
+        """8 clients at once: every signature reuses the sessions, login and key handle of
+        the start, and the key operation stats count each one."""
+        with self.spy_daemon("spy-busy", key_process={"workers": 4},
+                             limits={"spare-children": 4}) as (daemon, spy_log):
+            self.assertEqual(handshake(daemon).returncode, 0)  # warm-up
+            daemon.key_operation_stats()  # starts a new period
+            before = spy_calls(spy_log)
+            failures = self.run_concurrent_handshakes(daemon)
+            self.assertEqual(failures, [], daemon.log)
+            after = spy_calls(spy_log)
+            stats = daemon.key_operation_stats()
+
+        handshakes = self.CLIENTS * self.HANDSHAKES_PER_CLIENT
+        new = after[len(before):]
+        self.assertEqual(new.count("C_SignInit"), handshakes)
+        self.assertEqual(new.count("C_Sign"), handshakes)
+        for call in self.SESSION_CALLS:
+            self.assertEqual(after.count(call), before.count(call), f"{call} during the load")
+        # One session per worker thread, opened at start.
+        self.assertGreaterEqual(before.count("C_OpenSession"), 4)
+        self.assertEqual(before.count("C_Login"), 1)
+
+        line = stats[("rsa", "sign")]
+        self.assertEqual(int(line["count"]), handshakes, line)
+        self.assertEqual(int(line["failed"]), 0, line)
+        self.assertEqual(int(line["refused"]), 0, line)
+        request = harness.check_latency_quantiles(self, line)
+        token = harness.check_latency_quantiles(self, line, "token_")
+        # The token calls are part of each request, so no token quantile exceeds the request's.
+        for token_value, request_value in zip(token, request):
+            self.assertLessEqual(token_value, request_value, line)
+
+    def run_concurrent_handshakes(self, daemon: harness.Daemon) -> list[str]:
+        """Run HANDSHAKES_PER_CLIENT full handshakes in each of CLIENTS threads; return a
+        description of each one that failed."""
+        failures: list[str] = []
+
+        def client() -> None:
+            for _ in range(self.HANDSHAKES_PER_CLIENT):
+                result = handshake(daemon)
+                if result.returncode != 0 or result.peer_signature_type != "RSA-PSS":
+                    failures.append(result.describe())
+
+        threads = [threading.Thread(target=client) for _ in range(self.CLIENTS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return failures
 
     def check_maps(self, daemon: harness.Daemon) -> None:
         modules = {SPY_MODULE.name, SOFTHSM_MODULE.name}
@@ -816,8 +884,7 @@ class SpyTest(unittest.TestCase):
         self.assertEqual(after.count("C_Initialize"), 1, after)
         self.assertEqual(new.count("C_SignInit"), 20, new)
         self.assertEqual(new.count("C_Sign"), 20, new)
-        for call in ("C_OpenSession", "C_Login", "C_FindObjectsInit", "C_FindObjects",
-                     "C_GetSlotList", "C_CloseSession"):
+        for call in self.SESSION_CALLS:
             self.assertEqual(new.count(call), 0, f"{call} after warm-up: {new}")
 
 

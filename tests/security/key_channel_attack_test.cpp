@@ -338,6 +338,14 @@ TEST_F(KeyChannelAttack, SecondSignatureOnChannelRefused) {
                      "ecdsa_secp256r1_sha256 refused (quota_exceeded)"))
         << log();
     expect_serving_another_channel(22);
+
+    // The refusal shows in the key operation stats, and the two served signatures are the count.
+    ASSERT_EQ(::kill(pid_, SIGUSR1), 0);
+    ASSERT_TRUE(wait_for_log("key process stats:")) << log();
+    EXPECT_NE(log().find("key operation stats: key=p256 operation=sign period_ms="),
+              std::string::npos)
+        << log();
+    EXPECT_NE(log().find(" count=2 failed=0 refused=1 p50_us="), std::string::npos) << log();
 }
 
 TEST_F(KeyChannelAttack, SchemeOfAnotherKeyTypeRefused) {

@@ -112,6 +112,7 @@ TEST(ConfigDefaults, MinimalConfig) {
     EXPECT_TRUE(config.tls.prefer_server_ciphers);
     EXPECT_FALSE(config.tls.rsa_key_exchange);
     EXPECT_EQ(config.key_process.max_operations_per_channel, 1U);
+    EXPECT_EQ(config.key_process.stats_interval, std::chrono::seconds(60));
     EXPECT_TRUE(config.vhosts[0].is_default);
     EXPECT_FALSE(config.vhosts[0].default_explicit);
     EXPECT_EQ(config.vhosts[0].where.line, 8U);
@@ -141,6 +142,7 @@ buffer-size = 1024
 [key-process]
 workers = 256
 max-operations-per-channel = 64
+stats-interval = 0
 )"),
                                        "cloister.toml");
 
@@ -156,6 +158,7 @@ max-operations-per-channel = 64
     EXPECT_EQ(config.limits.buffer_size, 1024U);
     EXPECT_EQ(config.key_process.workers, 256U);
     EXPECT_EQ(config.key_process.max_operations_per_channel, 64U);
+    EXPECT_EQ(config.key_process.stats_interval, std::chrono::seconds(0));
 }
 
 TEST(ConfigDuration, Units) {
@@ -291,6 +294,12 @@ TEST(ConfigErrors, IntegerOutOfRange) {
     EXPECT_EQ(error_of(with("[key-process]\nmax-operations-per-channel = 0\n")),
               "cloister.toml:16:30: key-process.max-operations-per-channel: expected an "
               "integer from 1 to 64, got 0");
+    EXPECT_EQ(error_of(with("[key-process]\nstats-interval = 86401\n")),
+              "cloister.toml:16:18: key-process.stats-interval: expected an integer from 0 to "
+              "86400, got 86401");
+    EXPECT_EQ(error_of(with("[key-process]\nstats-interval = \"60s\"\n")),
+              "cloister.toml:16:18: key-process.stats-interval: expected an integer from 0 to "
+              "86400, got \"60s\"");
 }
 
 TEST(ConfigErrors, SpareChildrenAboveMaxConnections) {

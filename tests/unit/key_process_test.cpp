@@ -878,12 +878,42 @@ TEST_F(KeyProcessTest, Sigusr1LogsStats) {
     KeyClient client = process.attach_client(70);
     (void)client.sign(ed25519_key, code(SignatureScheme::ed25519), tls13_certificate_verify());
     ASSERT_EQ(::kill(process.pid(), SIGUSR1), 0);
-    EXPECT_THAT(process.wait_for_log("key process stats"),
-                HasSubstr("key process stats: channels=1 signatures=1 refused=0 malformed=0"));
+    const std::string log = process.wait_for_log("key process stats");
+    EXPECT_THAT(log, HasSubstr("key process stats: channels=1 signatures=1 refused=0 malformed=0"));
+    EXPECT_THAT(log, HasSubstr("key operation stats: key=ed25519 operation=sign period_ms="));
+    EXPECT_THAT(log, HasSubstr(" count=1 failed=0 refused=0 p50_us="));
+    EXPECT_THAT(log, HasSubstr("key operation stats: key=rsa operation=sign period_ms="));
+    // Memory keys have no token time.
+    EXPECT_THAT(log, HasSubstr(" token_p50_us=- token_p90_us=- token_p99_us=- token_max_us=- "));
 
     // The process keeps serving after SIGUSR1.
     EXPECT_EQ(client.public_key(rsa_key), public_key_der(key(rsa_key)));
     EXPECT_EQ(process.finish(), 0);
+}
+
+TEST_F(KeyProcessTest, StatsIntervalLogsWithoutSignal) {
+    Config config = make_config();
+    config.key_process.stats_interval = std::chrono::seconds(1);
+    KeyProcess process(config, log_file_);
+    KeyClient client = process.attach_client(75);
+    (void)client.sign(ed25519_key, code(SignatureScheme::ed25519), tls13_certificate_verify());
+    const std::string log = process.wait_for_log("key operation stats: key=ed25519");
+    EXPECT_THAT(log, HasSubstr("key operation stats: key=ed25519 operation=sign period_ms="));
+    EXPECT_THAT(log, HasSubstr("key process stats: channels=1 signatures=1"));
+    EXPECT_EQ(process.finish(), 0);
+}
+
+TEST_F(KeyProcessTest, NoStatsIntervalWhenZero) {
+    Config config = make_config();
+    config.key_process.stats_interval = std::chrono::seconds(0);
+    KeyProcess process(config, log_file_);
+    KeyClient client = process.attach_client(76);
+    (void)client.sign(ed25519_key, code(SignatureScheme::ed25519), tls13_certificate_verify());
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    EXPECT_THAT(process.log(), Not(HasSubstr("key operation stats")));
+    EXPECT_EQ(process.finish(), 0);
+    // The report at exit still comes.
+    EXPECT_THAT(process.log(), HasSubstr("key operation stats: key=ed25519 operation=sign"));
 }
 
 TEST_F(KeyProcessTest, SigtermStopsCleanly) {
