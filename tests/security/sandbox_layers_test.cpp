@@ -4,6 +4,7 @@
 #include "core/sandbox_layers.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -109,23 +110,44 @@ std::pair<Fd, Fd> make_pipe() {
 
 // ---- deciding the layers ---------------------------------------------------------------
 
-TEST(SandboxLayers, UnprivilegedRunKeepsUsersAndChrootOff) {
-    if (running_as_root()) {
-        GTEST_SKIP() << "checks the layers of a run that is not root";
+// The numbered check of the unprivileged run that failed, or 0 when all hold.
+int check_unprivileged_layers(const SandboxLayers& layers) {
+    const std::array<bool, 9> holds{
+        !layers.network_user,
+        !layers.key_user,
+        !layers.root,
+        !layers.pid_namespace,
+        layers.seccomp.has_value(),
+        layers.seccomp == SeccompMode::enforce,
+        !layers.inactive.empty() &&
+            layers.inactive.front().find("user switch and chroot") != std::string::npos,
+        // Without a key user of its own, RLIMIT_NPROC would count the supervisor too.
+        !key_sandbox_plan(layers, 2).limits.processes,
+        connection_sandbox_plan(layers).limits.processes == rlim_t{0},
+    };
+    for (std::size_t i = 0; i < holds.size(); ++i) {
+        if (!holds[i]) {
+            return static_cast<int>(i) + 1;
+        }
     }
+    return 0;
+}
+
+// Run as root, the check runs in a child that first becomes the user nobody (65534).
+TEST(SandboxLayers, UnprivilegedRunKeepsUsersAndChrootOff) {
     const TempDirectory root;
-    const SandboxLayers layers = decide_sandbox_layers(make_config(root.path()), {});
-    EXPECT_FALSE(layers.network_user);
-    EXPECT_FALSE(layers.key_user);
-    EXPECT_FALSE(layers.root);
-    EXPECT_FALSE(layers.pid_namespace);
-    ASSERT_TRUE(layers.seccomp);
-    EXPECT_EQ(*layers.seccomp, SeccompMode::enforce);
-    ASSERT_FALSE(layers.inactive.empty());
-    EXPECT_NE(layers.inactive.front().find("user switch and chroot"), std::string::npos);
-    // Without a key user of its own, RLIMIT_NPROC would count the supervisor too.
-    EXPECT_FALSE(key_sandbox_plan(layers, 2).limits.processes);
-    EXPECT_EQ(connection_sandbox_plan(layers).limits.processes, rlim_t{0});
+    const Config config = make_config(root.path());
+    const int status = testing::run_in_child([&config] {
+        const gid_t nobody = 65534;
+        if (running_as_root() &&
+            (::setgroups(0, nullptr) != 0 || ::setresgid(nobody, nobody, nobody) != 0 ||
+             ::setresuid(nobody, nobody, nobody) != 0)) {
+            return 100;
+        }
+        return check_unprivileged_layers(decide_sandbox_layers(config, {}));
+    });
+    ASSERT_TRUE(WIFEXITED(status)) << testing::describe_status(status);
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "check number that failed (100: dropping root failed)";
 }
 
 TEST(SandboxLayers, RootRunFindsUsersAndRoot) {
