@@ -14,6 +14,7 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <set>
 #include <thread>
 #include <utility>
 
@@ -26,6 +27,7 @@
 #include "core/process_title.h"
 #include "core/sandbox_layers.h"
 #include "core/sandbox_spawn.h"
+#include "core/uid_pool.h"
 
 #ifndef CLOISTER_VERSION
 #error "CLOISTER_VERSION must be defined by the build"
@@ -51,6 +53,9 @@ constexpr milliseconds spare_retry_delay{1'000};
 constexpr milliseconds spare_early_death{2'000};
 constexpr milliseconds spare_backoff_first{100};
 constexpr milliseconds spare_backoff_max{30'000};
+// While no connection uid is free, one log line per interval, and a withheld uid is checked
+// again after this long.
+constexpr milliseconds uid_wait_interval{10'000};
 
 // The delay before the next start of a process that keeps failing: first, then doubling up to
 // max. reset() returns to no delay.
@@ -100,6 +105,7 @@ struct Child {
     ChildState state = ChildState::spare;
     bool status_open = true;  // false once the status socket reported EOF
     Clock::time_point started = Clock::now();
+    std::optional<uid_t> uid;  // from [sandbox] connection-uids; unset: network-user
 };
 
 struct ChildCounts {
@@ -172,6 +178,9 @@ class Supervisor {
         log_sandbox_layers(layers, config_);
         setup_.sandbox = connection_sandbox_plan(layers);
         setup_.pid_namespace = layers.pid_namespace;
+        if (layers.connection_uids) {
+            uids_.emplace(*layers.connection_uids);
+        }
         key_ = start_key_process(config_, hooks_, setup_.pid_namespace);
         try {
             vhosts_.emplace(config_.vhosts, config_.tls);
@@ -235,6 +244,7 @@ class Supervisor {
         };
         consider(key_restart_at_);
         consider(spare_retry_at_);
+        consider(uid_check_at_);
         if (phase_ == Phase::draining || phase_ == Phase::terminating) {
             consider(phase_deadline_);
         }
@@ -342,6 +352,9 @@ class Supervisor {
             !stopped_by_supervisor(status)) {
             spare_failed(pid, found->second);
         }
+        if (found->second.uid) {
+            return_uid(*found->second.uid, pid, id);
+        }
         children_.erase(found);  // closes the status socket
     }
 
@@ -447,6 +460,9 @@ class Supervisor {
         std::size_t spares = count_children().spare;
         while (spares < config_.limits.spare_children &&
                children_.size() < config_.limits.max_connections) {
+            if (!connection_uid_free()) {
+                return;
+            }
             try {
                 fork_spare();
             } catch (const Error& error) {
@@ -465,15 +481,104 @@ class Supervisor {
         send_attach(key_.control.get(), key_end, id, 0);
         key_end.reset();
         auto [status_end, child_status_end] = make_seqpacket_pair();
-        const pid_t pid = fork_child(setup_.pid_namespace);
+        const std::optional<uid_t> uid = uids_ ? uids_->take() : std::nullopt;
+        pid_t pid = 0;
+        try {
+            pid = fork_child(setup_.pid_namespace);
+        } catch (const Error&) {
+            if (uid) {
+                uids_->give_back(*uid);
+            }
+            throw;
+        }
         if (pid == 0) {
             // This copy of the supervisor is never used again, so the child takes the
-            // listeners over.
+            // listeners over, and its plan takes the uid of this child alone.
+            if (uid) {
+                assign_connection_uid(*setup_.sandbox, *uid);
+            }
             ConnectionChannels channels{std::move(listeners_), std::move(child_key_end),
                                         std::move(child_status_end), id};
             run_connection_process(config_, *stack_, std::move(channels), setup_);
         }
-        children_.emplace(pid, Child{id, std::move(status_end), ChildState::spare, true});
+        if (uid) {
+            spdlog::debug("connection process {} (connection {}) holds uid {}", pid, id, *uid);
+        }
+        children_.emplace(
+            pid, Child{id, std::move(status_end), ChildState::spare, true, Clock::now(), uid});
+    }
+
+    // ---- connection uids ----
+
+    // True when fork_spare can take a connection uid, or none is needed. Otherwise logs once
+    // per uid_wait_interval that new connections wait.
+    bool connection_uid_free() {
+        if (!uids_) {
+            return true;
+        }
+        if (uids_->free_count() > 0) {
+            if (uid_wait_logged_) {
+                spdlog::info("a connection uid is free again; starting spare connection processes");
+                uid_wait_logged_.reset();
+            }
+            return true;
+        }
+        const auto now = Clock::now();
+        if (!uid_wait_logged_ || now - *uid_wait_logged_ >= uid_wait_interval) {
+            spdlog::warn(
+                "no free uid in sandbox.connection-uids {}: {} held by connection processes, {} "
+                "withheld; no spare is started and new connections wait in the listen backlog",
+                uids_->range().to_string(), uids_->held_count(), uids_->withheld().size());
+            uid_wait_logged_ = now;
+        }
+        return false;
+    }
+
+    // Returns the uid of reaped connection process pid to the pool. The process was PID 1 of
+    // its namespace, so the kernel has ended every process inside it.
+    void return_uid(uid_t uid, pid_t pid, std::uint64_t id) {
+#ifndef NDEBUG
+        if (const std::vector<pid_t> left = processes_using_uid(uid); !left.empty()) {
+            spdlog::error(
+                "connection {}: uid {} of reaped connection process {} is still used by process "
+                "{}; keeping the uid out of the pool",
+                id, uid, pid, fmt::join(left, ", "));
+            uids_->withhold(uid);
+            if (!uid_check_at_) {
+                uid_check_at_ = Clock::now() + uid_wait_interval;
+            }
+            return;
+        }
+#endif
+        uids_->give_back(uid);
+        spdlog::debug("connection {}: uid {} of reaped connection process {} is free again", id,
+                      uid, pid);
+    }
+
+    // The processes that use uid, by find_processes_with_id. A failed scan counts as use
+    // (pid -1), so that the uid stays out of the pool.
+    static std::vector<pid_t> processes_using_uid(uid_t uid) {
+        try {
+            return find_processes_with_id(uid);
+        } catch (const Error& error) {
+            spdlog::error("checking which processes use uid {} failed: {}", uid, error.what());
+            return {-1};
+        }
+    }
+
+    // Frees each withheld uid that no process uses any more.
+    void recheck_withheld_uids() {
+        uid_check_at_.reset();
+        const std::set<uid_t> withheld = uids_->withheld();
+        for (const uid_t uid : withheld) {
+            if (processes_using_uid(uid).empty()) {
+                spdlog::info("uid {} is no longer used by any process; it is free again", uid);
+                uids_->release_withheld(uid);
+            }
+        }
+        if (!uids_->withheld().empty()) {
+            uid_check_at_ = Clock::now() + uid_wait_interval;
+        }
     }
 
     // Tells every spare to exit; one that accepted a client meanwhile serves it.
@@ -535,6 +640,9 @@ class Supervisor {
         if (spare_retry_at_ && now >= *spare_retry_at_) {
             spare_retry_at_.reset();
         }
+        if (uid_check_at_ && now >= *uid_check_at_) {
+            recheck_withheld_uids();
+        }
         if (phase_ == Phase::draining && now >= phase_deadline_ && !children_.empty()) {
             spdlog::warn(
                 "drain timeout of {} ms passed; sending SIGTERM to {} connection "
@@ -575,6 +683,9 @@ class Supervisor {
     Clock::time_point phase_deadline_;
     std::optional<Clock::time_point> key_restart_at_;
     std::optional<Clock::time_point> spare_retry_at_;
+    std::optional<UidPool> uids_;                       // set when [sandbox] connection-uids is
+    std::optional<Clock::time_point> uid_wait_logged_;  // the last "no free uid" line
+    std::optional<Clock::time_point> uid_check_at_;     // the next check of withheld uids
     ConnectionSetup setup_;  // the sandbox plan and backend addresses of connection processes
     RestartBackoff spare_backoff_{spare_backoff_first, spare_backoff_max};
     RestartBackoff key_backoff_{key_restart_backoff, key_restart_backoff_max};

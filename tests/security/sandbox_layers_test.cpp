@@ -4,7 +4,10 @@
 #include "core/sandbox_layers.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
+#include <grp.h>
 #include <gtest/gtest.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -14,8 +17,11 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "core/config.h"
 #include "core/error.h"
@@ -269,7 +275,187 @@ TEST(SandboxLayers, NamespacesOffInConfig) {
     EXPECT_FALSE(layers.network_namespace);
 }
 
+// ---- connection uids --------------------------------------------------------------------
+
+// A range of count ids that no account of this host uses, starting at 3,000,000.
+UidRange free_range(std::uint64_t count) {
+    return UidRange{3'000'000, count};
+}
+
+TEST(SandboxLayers, FreeUidRangeAccepted) {
+    if (!running_as_root()) {
+        GTEST_SKIP() << "connection uids need root";
+    }
+    const TempDirectory root;
+    Config config = make_config(root.path());
+    config.sandbox.connection_uids = free_range(16);
+    const SandboxLayers layers = decide_sandbox_layers(config, {.test_namespaces = true});
+    ASSERT_TRUE(layers.connection_uids);
+    EXPECT_EQ(layers.connection_uids->first, 3'000'000U);
+    EXPECT_EQ(layers.connection_uids->count, 16U);
+}
+
+TEST(SandboxLayers, UidRangeOverNetworkUserRejected) {
+    if (!running_as_root()) {
+        GTEST_SKIP() << "connection uids need root";
+    }
+    const TempDirectory root;
+    Config config = make_config(root.path());
+    config.sandbox.connection_uids = UidRange{65'530, 10};
+    const std::string message = config_error_of(config, {});
+    EXPECT_NE(message.find("sandbox.connection-uids: the range 65530-65539 contains the ids of "
+                           "network-user 'nobody' (uid 65534"),
+              std::string::npos)
+        << message;
+}
+
+TEST(SandboxLayers, UidRangeOverGroupRejected) {
+    if (!running_as_root()) {
+        GTEST_SKIP() << "connection uids need root";
+    }
+    // A group whose gid no user has as uid or gid, so only the group database reports it.
+    std::set<std::uint64_t> user_ids;
+    ::setpwent();
+    while (const passwd* user = ::getpwent()) {
+        user_ids.insert(user->pw_uid);
+        user_ids.insert(user->pw_gid);
+    }
+    ::endpwent();
+    std::optional<std::pair<std::string, gid_t>> lone_group;
+    ::setgrent();
+    while (const group* entry = ::getgrent()) {
+        if (user_ids.count(entry->gr_gid) == 0 && entry->gr_gid != 0) {
+            lone_group.emplace(entry->gr_name, entry->gr_gid);
+            break;
+        }
+    }
+    ::endgrent();
+    if (!lone_group) {
+        GTEST_SKIP() << "every group of this host shares its id with a user";
+    }
+    const TempDirectory root;
+    Config config = make_config(root.path());
+    config.sandbox.connection_uids = UidRange{lone_group->second, 1};
+    const std::string message = config_error_of(config, {});
+    EXPECT_NE(message.find(fmt::format("contains the ids of group '{}' (gid {}) in the user "
+                                       "database",
+                                       lone_group->first, lone_group->second)),
+              std::string::npos)
+        << message;
+}
+
+TEST(SandboxLayers, UidRangeNeedsNamespaces) {
+    if (!running_as_root()) {
+        GTEST_SKIP() << "connection uids need root";
+    }
+    const TempDirectory root;
+    Config config = make_config(root.path());
+    config.sandbox.connection_uids = free_range(16);
+    config.sandbox.namespaces = false;
+    const std::string message = config_error_of(config, {});
+    EXPECT_NE(message.find("the range 3000000-3000015 needs PID namespaces"), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("namespaces = false in [sandbox]; set namespaces = true"),
+              std::string::npos)
+        << message;
+}
+
+// As root, a forked child switches to nobody first, so the test runs either way.
+TEST(SandboxLayers, UidRangeNeedsRoot) {
+    const TempDirectory root;
+    Config config = make_config(root.path());
+    config.sandbox.connection_uids = free_range(16);
+    auto [read_end, write_end] = make_pipe();
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        read_end.reset();
+        std::string message = "switching to nobody failed";
+        if (!running_as_root() ||
+            (::setresgid(65534, 65534, 65534) == 0 && ::setresuid(65534, 65534, 65534) == 0)) {
+            try {
+                static_cast<void>(decide_sandbox_layers(config, {}));
+                message = "accepted";
+            } catch (const Error& error) {
+                message = error.what();
+            }
+        }
+        static_cast<void>(::write(write_end.get(), message.data(), message.size()));
+        ::_exit(0);
+    }
+    write_end.reset();
+    const std::string message = read_all(read_end.get());
+    wait_status(pid);
+    EXPECT_NE(message.find("sandbox.connection-uids: the range 3000000-3000015 needs cloister to "
+                           "run as root"),
+              std::string::npos)
+        << message;
+}
+
 // ---- the plans -------------------------------------------------------------------------
+
+TEST(SandboxPlans, ConnectionUidPerChild) {
+    if (!running_as_root()) {
+        GTEST_SKIP() << "users are decided only as root";
+    }
+    const TempDirectory root;
+    Config config = make_config(root.path());
+    config.sandbox.connection_uids = free_range(16);
+    const SandboxLayers layers = decide_sandbox_layers(config, {});
+    const SandboxPlan shared = connection_sandbox_plan(layers);
+    SandboxPlan first = shared;
+    SandboxPlan second = shared;
+    assign_connection_uid(first, 3'000'000);
+    assign_connection_uid(second, 3'000'001);
+    ASSERT_TRUE(first.user);
+    ASSERT_TRUE(second.user);
+    EXPECT_EQ(first.user->uid, 3'000'000U);
+    EXPECT_EQ(first.user->gid, 3'000'000U);
+    EXPECT_EQ(second.user->uid, 3'000'001U);
+    EXPECT_EQ(second.user->gid, 3'000'001U);
+    ASSERT_TRUE(shared.user);
+    EXPECT_EQ(shared.user->name, "nobody");
+    // The per-process limits stay those of every connection process.
+    EXPECT_EQ(first.limits.processes, rlim_t{0});
+    EXPECT_EQ(first.limits.open_files, shared.limits.open_files);
+}
+
+// A child that applies a plan with a range uid runs as that uid and gid, with no supplementary
+// group, and cannot fork: RLIMIT_NPROC 0 applies to its own uid.
+TEST(SandboxPlans, RangeUidAppliedInChild) {
+    if (!running_as_root()) {
+        GTEST_SKIP() << "switching users needs root";
+    }
+    SandboxPlan plan;
+    plan.limits = connection_process_limits();
+    assign_connection_uid(plan, 3'000'123);
+    auto [read_end, write_end] = make_pipe();
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        read_end.reset();
+        std::string report;
+        try {
+            apply_sandbox(plan);
+            std::array<gid_t, 4> groups{};
+            const int group_count = ::getgroups(static_cast<int>(groups.size()), groups.data());
+            const pid_t grandchild = ::fork();
+            if (grandchild == 0) {
+                ::_exit(0);
+            }
+            report = fmt::format("{} {} {} {}", ::getuid(), ::getgid(), group_count,
+                                 grandchild < 0 ? errno : 0);
+        } catch (const Error& error) {
+            report = error.what();
+        }
+        static_cast<void>(::write(write_end.get(), report.data(), report.size()));
+        ::_exit(0);
+    }
+    write_end.reset();
+    const std::string report = read_all(read_end.get());
+    wait_status(pid);
+    EXPECT_EQ(report, fmt::format("3000123 3000123 0 {}", EAGAIN));
+}
 
 TEST(SandboxPlans, ConnectionAndKeyRoles) {
     if (!running_as_root()) {
