@@ -57,17 +57,7 @@ def ids_of(pid: int) -> tuple[list[int], list[int], str]:
 
 def processes_with_uid(uid: int) -> list[int]:
     """Return the pids in /proc whose real, effective, saved or file-system uid is uid."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            uids, _, _ = ids_of(int(entry.name))
-        except (FileNotFoundError, ProcessLookupError, KeyError):
-            continue
-        if uid in uids:
-            found.append(int(entry.name))
-    return found
+    return sandbox_users.processes_of(uid, any_uid=True)
 
 
 def live_pids(daemon: harness.Daemon, count: int) -> list[int]:
@@ -303,18 +293,12 @@ class ConnectionUidStartTest(unittest.TestCase):
             [pki.p256], limits={"max-connections": 2, "spare-children": 1})
         self.document["listener"] = [{"address": f"127.0.0.1:{harness.free_port()}"}]
 
-    def start(self, uid_range: str) -> subprocess.CompletedProcess:
+    def start(self, uid_range: str, *args: str) -> subprocess.CompletedProcess:
         document = {**self.document, "sandbox": {"connection-uids": uid_range}}
-        path = harness.write_config(self.folder, document)
-        result = harness.run_cloister("--config", path, timeout=30)
-        result.output = result.stdout + result.stderr
-        return result
+        return harness.run_until_exit(self.folder, document, *args)
 
     def assert_rejected(self, result, *texts: str) -> None:
-        self.assertEqual(result.returncode, 2, result.output)
-        self.assertNotRegex(result.output, harness.STARTED_PATTERN)
-        for text in texts:
-            self.assertIn(text, result.output)
+        harness.assert_start_rejected(result, *texts)
 
     def test_range_with_network_user_rejected(self):
         user = sandbox_users.POOL.default().network
@@ -349,13 +333,9 @@ class ConnectionUidStartTest(unittest.TestCase):
 
     def test_free_range_accepted(self):
         first, last = random_range(3)
-        result = harness.run_cloister("--config",
-                                      harness.write_config(self.folder, {
-                                          **self.document,
-                                          "sandbox": {"connection-uids": f"{first}-{last}"}}),
-                                      "--check-config", timeout=60)
-        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
-        self.assertIn(f"one uid per process from {first}-{last}", result.stdout + result.stderr)
+        result = self.start(f"{first}-{last}", "--check-config")
+        self.assertEqual(result.returncode, 0, result.output)
+        self.assertIn(f"one uid per process from {first}-{last}", result.output)
 
 
 if __name__ == "__main__":

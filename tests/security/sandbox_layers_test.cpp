@@ -17,6 +17,7 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -277,6 +278,26 @@ TEST(SandboxLayers, NamespacesOffInConfig) {
 
 // ---- connection uids --------------------------------------------------------------------
 
+// Runs body in a forked child (testing::start_child) and returns the text it returned, or
+// the message of the Error it threw.
+std::string text_from_child(const std::function<std::string()>& body) {
+    auto [read_end, write_end] = make_pipe();
+    const pid_t pid = testing::start_child([&body, &read_end, &write_end] {
+        read_end.reset();
+        std::string text;
+        try {
+            text = body();
+        } catch (const Error& error) {
+            text = error.what();
+        }
+        return ::write(write_end.get(), text.data(), text.size()) < 0 ? 1 : 0;
+    });
+    write_end.reset();
+    std::string text = read_all(read_end.get());
+    testing::wait_child(pid);
+    return text;
+}
+
 // A range of count ids that no account of this host uses, starting at 3,000,000.
 UidRange free_range(std::uint64_t count) {
     return UidRange{3'000'000, count};
@@ -365,27 +386,14 @@ TEST(SandboxLayers, UidRangeNeedsRoot) {
     const TempDirectory root;
     Config config = make_config(root.path());
     config.sandbox.connection_uids = free_range(16);
-    auto [read_end, write_end] = make_pipe();
-    const pid_t pid = ::fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-        read_end.reset();
-        std::string message = "switching to nobody failed";
-        if (!running_as_root() ||
-            (::setresgid(65534, 65534, 65534) == 0 && ::setresuid(65534, 65534, 65534) == 0)) {
-            try {
-                static_cast<void>(decide_sandbox_layers(config, {}));
-                message = "accepted";
-            } catch (const Error& error) {
-                message = error.what();
-            }
+    const std::string message = text_from_child([&config]() -> std::string {
+        if (running_as_root() &&
+            (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0)) {
+            return "switching to nobody failed";
         }
-        static_cast<void>(::write(write_end.get(), message.data(), message.size()));
-        ::_exit(0);
-    }
-    write_end.reset();
-    const std::string message = read_all(read_end.get());
-    wait_status(pid);
+        static_cast<void>(decide_sandbox_layers(config, {}));
+        return "accepted";
+    });
     EXPECT_NE(message.find("sandbox.connection-uids: the range 3000000-3000015 needs cloister to "
                            "run as root"),
               std::string::npos)
@@ -429,31 +437,17 @@ TEST(SandboxPlans, RangeUidAppliedInChild) {
     SandboxPlan plan;
     plan.limits = connection_process_limits();
     assign_connection_uid(plan, 3'000'123);
-    auto [read_end, write_end] = make_pipe();
-    const pid_t pid = ::fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-        read_end.reset();
-        std::string report;
-        try {
-            apply_sandbox(plan);
-            std::array<gid_t, 4> groups{};
-            const int group_count = ::getgroups(static_cast<int>(groups.size()), groups.data());
-            const pid_t grandchild = ::fork();
-            if (grandchild == 0) {
-                ::_exit(0);
-            }
-            report = fmt::format("{} {} {} {}", ::getuid(), ::getgid(), group_count,
-                                 grandchild < 0 ? errno : 0);
-        } catch (const Error& error) {
-            report = error.what();
+    const std::string report = text_from_child([&plan] {
+        apply_sandbox(plan);
+        std::array<gid_t, 4> groups{};
+        const int group_count = ::getgroups(static_cast<int>(groups.size()), groups.data());
+        const pid_t grandchild = ::fork();
+        if (grandchild == 0) {
+            ::_exit(0);
         }
-        static_cast<void>(::write(write_end.get(), report.data(), report.size()));
-        ::_exit(0);
-    }
-    write_end.reset();
-    const std::string report = read_all(read_end.get());
-    wait_status(pid);
+        return fmt::format("{} {} {} {}", ::getuid(), ::getgid(), group_count,
+                           grandchild < 0 ? errno : 0);
+    });
     EXPECT_EQ(report, fmt::format("3000123 3000123 0 {}", EAGAIN));
 }
 
