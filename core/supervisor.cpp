@@ -476,21 +476,30 @@ class Supervisor {
     }
 
     void fork_spare() {
-        const std::uint64_t id = next_connection_id_++;
-        auto [key_end, child_key_end] = make_seqpacket_pair();
-        send_attach(key_.control.get(), key_end, id, 0);
-        key_end.reset();
-        auto [status_end, child_status_end] = make_seqpacket_pair();
         const std::optional<uid_t> uid = uids_ ? uids_->take() : std::nullopt;
-        pid_t pid = 0;
+        if (uids_ && !uid) {
+            // replenish_spares checks connection_uid_free first, so this is a bug; a child
+            // without its own uid would run as network-user.
+            throw Error(ErrorKind::policy, "no free uid in sandbox.connection-uids");
+        }
         try {
-            pid = fork_child(setup_.pid_namespace);
+            fork_spare_as(uid);
         } catch (const Error&) {
             if (uid) {
                 uids_->give_back(*uid);
             }
             throw;
         }
+    }
+
+    // Forks a spare that runs as uid, or as network-user when uid is unset.
+    void fork_spare_as(std::optional<uid_t> uid) {
+        const std::uint64_t id = next_connection_id_++;
+        auto [key_end, child_key_end] = make_seqpacket_pair();
+        send_attach(key_.control.get(), key_end, id, 0);
+        key_end.reset();
+        auto [status_end, child_status_end] = make_seqpacket_pair();
+        const pid_t pid = fork_child(setup_.pid_namespace);
         if (pid == 0) {
             // This copy of the supervisor is never used again, so the child takes the
             // listeners over, and its plan takes the uid of this child alone.
