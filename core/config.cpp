@@ -730,7 +730,37 @@ std::string read_user_name(const Section& section, std::string_view key, std::st
     return name.value_or(std::move(fallback));
 }
 
-SandboxConfig read_sandbox(const Section& section) {
+// The range checks that need nothing but the config. The user database, root and PID
+// namespaces are checked at start (decide_sandbox_layers).
+std::optional<UidRange> read_connection_uids(const Section& section, const LimitsConfig& limits) {
+    constexpr std::string_view key = "connection-uids";
+    const auto text = section.text(key, "a uid range \"FIRST-LAST\"");
+    if (!text) {
+        return std::nullopt;
+    }
+    const auto range = parse_uid_range(*text);
+    if (!range) {
+        section.fail_value(key, fmt::format("a uid range \"FIRST-LAST\" of two decimal ids with "
+                                            "FIRST <= LAST <= {}, such as \"2000000-2065535\"",
+                                            max_range_id));
+    }
+    if (range->contains(0)) {
+        section.fail_key(key, fmt::format("the range {} contains uid 0 (root); start it above "
+                                          "every system account, such as \"2000000-2065535\"",
+                                          range->to_string()));
+    }
+    const std::uint64_t needed = std::uint64_t{limits.max_connections} + limits.spare_children;
+    if (range->count < needed) {
+        section.fail_key(key, fmt::format("the range {} has {} ids, fewer than max-connections "
+                                          "({}) + spare-children ({}) = {}; widen the range or "
+                                          "lower [limits] max-connections",
+                                          range->to_string(), range->count, limits.max_connections,
+                                          limits.spare_children, needed));
+    }
+    return range;
+}
+
+SandboxConfig read_sandbox(const Section& section, const LimitsConfig& limits) {
     SandboxConfig sandbox;
     sandbox.where = section.where();
     sandbox.network_user = read_user_name(section, "network-user", sandbox.network_user);
@@ -746,6 +776,7 @@ SandboxConfig read_sandbox(const Section& section) {
     sandbox.root_directory = section.file("root-directory").value_or(sandbox.root_directory);
     sandbox.seccomp = section.choice("seccomp", kSeccompSettings).value_or(sandbox.seccomp);
     sandbox.namespaces = section.boolean("namespaces").value_or(sandbox.namespaces);
+    sandbox.connection_uids = read_connection_uids(section, limits);
     return sandbox;
 }
 
@@ -1093,8 +1124,8 @@ Config read_config(const Section& top) {
     config.keys = read_keys(top, config.key_process);
     config.vhosts = read_vhosts(top, config.keys);
     if (const auto section = top.table("sandbox", {"network-user", "key-user", "root-directory",
-                                                   "seccomp", "namespaces"})) {
-        config.sandbox = read_sandbox(*section);
+                                                   "seccomp", "namespaces", "connection-uids"})) {
+        config.sandbox = read_sandbox(*section, config.limits);
     }
     return config;
 }

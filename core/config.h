@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/uid_pool.h"
 
 namespace cloister {
 
@@ -173,7 +174,10 @@ struct SandboxConfig {
     std::filesystem::path root_directory = "/var/lib/cloister/empty";
     SeccompSetting seccomp = SeccompSetting::enforce;
     bool namespaces = true;  // new PID and IPC namespaces, and a network one for memory keys
-    SourceLocation where;    // the [sandbox] table, for errors found at start
+    // The ids that connection processes run as, one per live process; unset: all run as
+    // network_user.
+    std::optional<UidRange> connection_uids;
+    SourceLocation where;  // the [sandbox] table, for errors found at start
 };
 
 struct Config {

@@ -9,7 +9,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "core/error.h"
@@ -302,6 +307,61 @@ NamespaceResult apply_sandbox(const SandboxPlan& plan) {
                   plan.seccomp ? to_string(*plan.seccomp) : "none",
                   plan.seccomp_mode == SeccompMode::log ? ", log mode" : "");
     return namespaces;
+}
+
+namespace {
+
+// True when the "Uid:" or "Gid:" line of a /proc/PID/status text lists id among its four
+// values (real, effective, saved, file system).
+bool status_lists_id(std::istream& status, uid_t id) {
+    std::string line;
+    while (std::getline(status, line)) {
+        if (!line.starts_with("Uid:") && !line.starts_with("Gid:")) {
+            continue;
+        }
+        std::istringstream values(line.substr(4));
+        std::uint64_t value = 0;
+        while (values >> value) {
+            if (value == id) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+bool is_pid_name(const std::string& name) {
+    pid_t pid = 0;
+    const char* end = name.data() + name.size();
+    const auto [stop, error] = std::from_chars(name.data(), end, pid);
+    return !name.empty() && error == std::errc() && stop == end;
+}
+
+}  // namespace
+
+std::vector<pid_t> find_processes_with_id(uid_t id) {
+    std::error_code error;
+    std::filesystem::directory_iterator entries("/proc", error);
+    if (error) {
+        errno = error.value();
+        throw_system_error("listing /proc");
+    }
+    std::vector<pid_t> found;
+    for (; entries != std::filesystem::directory_iterator(); entries.increment(error)) {
+        if (error) {
+            errno = error.value();
+            throw_system_error("listing /proc");
+        }
+        const std::string name = entries->path().filename().string();
+        if (!is_pid_name(name)) {
+            continue;
+        }
+        std::ifstream status(entries->path() / "status");
+        if (status && status_lists_id(status, id)) {
+            found.push_back(static_cast<pid_t>(std::stoi(name)));
+        }
+    }
+    return found;
 }
 
 }  // namespace cloister

@@ -117,6 +117,11 @@ void set_no_dump();
 // capabilities). Also lets an unprivileged process install a seccomp filter.
 void set_no_new_privs();
 
+// Returns the processes visible in /proc (this PID namespace and those below it) that have id
+// as real, effective, saved or file-system uid or gid. A process that exits during the scan
+// is left out. Throws Error(system) when /proc cannot be listed.
+std::vector<pid_t> find_processes_with_id(uid_t id);
+
 // Everything one process role applies, in the order of the step functions above.
 struct SandboxPlan {
     NamespaceRequest namespaces;

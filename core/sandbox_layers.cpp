@@ -1,6 +1,8 @@
 #include "core/sandbox_layers.h"
 
 #include <fmt/format.h>
+#include <grp.h>
+#include <pwd.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,6 +13,7 @@
 #include <cstring>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 #include "core/error.h"
 #include "core/sandbox_sigsys.h"
@@ -154,6 +157,108 @@ void decide_namespaces(const Config& config, SandboxChecks checks, SandboxLayers
     }
 }
 
+// The name of user or group entry_name with ids that overlap range, or nullopt.
+std::optional<std::string> describe_overlap(const UidRange& range, const char* kind,
+                                            const char* entry_name, uid_t uid, gid_t gid) {
+    if (range.contains(uid) || range.contains(gid)) {
+        return fmt::format("{} '{}' (uid {}, gid {})", kind, entry_name, uid, gid);
+    }
+    return std::nullopt;
+}
+
+// The first account of the user and group databases (getpwent, getgrent, so NSS sources that
+// enumerate are included) whose uid or gid lies in range, or nullopt.
+std::optional<std::string> find_account_in_range(const UidRange& range) {
+    std::optional<std::string> found;
+    ::setpwent();
+    while (const passwd* user = ::getpwent()) {
+        found = describe_overlap(range, "user", user->pw_name, user->pw_uid, user->pw_gid);
+        if (found) {
+            break;
+        }
+    }
+    ::endpwent();
+    if (found) {
+        return found;
+    }
+    ::setgrent();
+    while (const group* entry = ::getgrent()) {
+        if (range.contains(entry->gr_gid)) {
+            found = fmt::format("group '{}' (gid {})", entry->gr_name, entry->gr_gid);
+            break;
+        }
+    }
+    ::endgrent();
+    return found;
+}
+
+// The reason the host forbids PID namespaces, from the probe's list, or a generic one.
+std::string pid_namespace_problem(const Config& config, const SandboxLayers& layers) {
+    if (!config.sandbox.namespaces) {
+        return "namespaces = false in [sandbox]; set namespaces = true";
+    }
+    for (const std::string& reason : layers.inactive) {
+        if (reason.starts_with("namespace PID:")) {
+            return "this host forbids them (" + reason + ")";
+        }
+    }
+    return "cloister does not run as root";
+}
+
+// Checks the connection-uids range against the host: root, PID namespaces, and no account in
+// the range. parse_config has checked 0 and the size already.
+void decide_connection_uids(const Config& config, SandboxLayers& layers) {
+    if (!config.sandbox.connection_uids) {
+        return;
+    }
+    const UidRange& range = *config.sandbox.connection_uids;
+    const std::string value = range.to_string();
+    if (::geteuid() != 0) {
+        fail_sandbox(config, "connection-uids",
+                     fmt::format("the range {} needs cloister to run as root (it runs as uid {}), "
+                                 "which switches each connection process to its uid; start it "
+                                 "as root or remove connection-uids",
+                                 value, ::geteuid()));
+    }
+    if (!layers.pid_namespace) {
+        fail_sandbox(config, "connection-uids",
+                     fmt::format("the range {} needs PID namespaces, because a uid is reused only "
+                                 "once the namespace of its previous process is gone, but {}; "
+                                 "remove connection-uids on such a host",
+                                 value, pid_namespace_problem(config, layers)));
+    }
+    for (const auto& [user, key] :
+         {std::pair{layers.network_user, "network-user"}, std::pair{layers.key_user, "key-user"}}) {
+        if (user && (range.contains(user->uid) || range.contains(user->gid))) {
+            fail_sandbox(config, "connection-uids",
+                         fmt::format("the range {} contains the ids of {} '{}' (uid {}, gid {}); "
+                                     "choose a range outside every account",
+                                     value, key, user->name, user->uid, user->gid));
+        }
+    }
+    if (const auto account = find_account_in_range(range)) {
+        fail_sandbox(config, "connection-uids",
+                     fmt::format("the range {} contains the ids of {} in the user database; "
+                                 "choose a range that no user or group uses",
+                                 value, *account));
+    }
+    layers.connection_uids = range;
+}
+
+// Fails when the chroot directory's group is an id of the range and may write it.
+void check_root_against_range(const Config& config, const SandboxLayers& layers) {
+    struct stat status {};
+    if (!layers.connection_uids || !layers.root || ::stat(layers.root->c_str(), &status) != 0) {
+        return;
+    }
+    if (layers.connection_uids->contains(status.st_gid) && (status.st_mode & S_IWGRP) != 0) {
+        fail_sandbox(config, "root-directory",
+                     fmt::format("chroot directory {} is writable by its group {}, an id of "
+                                 "connection-uids; run 'chmod g-w {}'",
+                                 layers.root->string(), status.st_gid, layers.root->string()));
+    }
+}
+
 std::string describe_user(const std::optional<SandboxUser>& user) {
     if (!user) {
         return "";
@@ -228,6 +333,8 @@ SandboxLayers decide_sandbox_layers(const Config& config, SandboxChecks checks) 
     }
     decide_seccomp(config, layers);
     decide_namespaces(config, checks, layers);
+    decide_connection_uids(config, layers);
+    check_root_against_range(config, layers);
     return layers;
 }
 
@@ -248,6 +355,10 @@ SandboxPlan connection_sandbox_plan(const SandboxLayers& layers) {
         plan.seccomp_mode = *layers.seccomp;
     }
     return plan;
+}
+
+void assign_connection_uid(SandboxPlan& plan, uid_t id) {
+    plan.user = SandboxUser{id, id, fmt::format("connection-uid-{}", id)};
 }
 
 SandboxPlan key_sandbox_plan(const SandboxLayers& layers, unsigned workers) {
@@ -272,8 +383,16 @@ SandboxPlan key_sandbox_plan(const SandboxLayers& layers, unsigned workers) {
 }
 
 void log_sandbox_layers(const SandboxLayers& layers, const Config& config) {
-    spdlog::info("sandbox: connection processes: {}",
-                 describe_plan(connection_sandbox_plan(layers), layers.pid_namespace));
+    SandboxPlan connection_plan = connection_sandbox_plan(layers);
+    std::string connection_users;
+    if (layers.connection_uids) {
+        connection_plan.user.reset();
+        connection_users =
+            fmt::format("one uid per process from {} (gid the same, no supplementary groups), ",
+                        layers.connection_uids->to_string());
+    }
+    spdlog::info("sandbox: connection processes: {}{}", connection_users,
+                 describe_plan(connection_plan, layers.pid_namespace));
     const unsigned workers = key_process_workers(config.key_process);
     spdlog::info("sandbox: key process: {}",
                  describe_plan(key_sandbox_plan(layers, workers), layers.pid_namespace));

@@ -13,6 +13,7 @@
 #include "core/config.h"
 #include "core/sandbox.h"
 #include "core/seccomp_policy.h"
+#include "core/uid_pool.h"
 
 namespace cloister {
 
@@ -28,6 +29,9 @@ struct SandboxLayers {
     bool pid_namespace = false;      // children start as PID 1 of a new PID namespace
     bool ipc_namespace = false;      // children leave the host's IPC namespace
     bool network_namespace = false;  // the key process leaves the host's network namespace
+    // Set: each connection process runs as an id of its own from this range instead of as
+    // network_user (assign_connection_uid).
+    std::optional<UidRange> connection_uids;
     // One line per layer that is off, with the reason, such as "user switch and chroot: ...".
     std::vector<std::string> inactive;
 };
@@ -43,14 +47,20 @@ struct SandboxChecks {
 // checks them (check_users), creates the root directory when checks.create_root allows it and
 // the directory is missing, and checks it (check_empty_root). Throws Error(config) naming the
 // [sandbox] key, the problem and the fix. Not as root, the users and the chroot are off and
-// listed in inactive.
+// listed in inactive. A connection-uids range needs root and PID namespaces, and must not
+// contain the id of any user or group in the user database; each of these is an Error(config)
+// rather than a layer left off.
 SandboxLayers decide_sandbox_layers(const Config& config, SandboxChecks checks);
 
 // True when a [[key]] names a PKCS#11 object instead of a file.
 bool uses_pkcs11_keys(const Config& config);
 
-// The plan of a connection process.
+// The plan of a connection process. With connection_uids set, the caller must still give
+// each child its own id with assign_connection_uid.
 SandboxPlan connection_sandbox_plan(const SandboxLayers& layers);
+
+// Makes plan run as uid id and gid id, with no supplementary groups.
+void assign_connection_uid(SandboxPlan& plan, uid_t id);
 
 // The plan of the key process with workers worker threads.
 SandboxPlan key_sandbox_plan(const SandboxLayers& layers, unsigned workers);

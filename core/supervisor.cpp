@@ -18,6 +18,7 @@
 #include <ctime>
 #include <map>
 #include <optional>
+#include <set>
 #include <thread>
 #include <utility>
 
@@ -31,6 +32,7 @@
 #include "core/reload.h"
 #include "core/sandbox_layers.h"
 #include "core/sandbox_spawn.h"
+#include "core/uid_pool.h"
 
 #ifndef CLOISTER_VERSION
 #error "CLOISTER_VERSION must be defined by the build"
@@ -62,6 +64,9 @@ constexpr std::size_t max_draining_generations = 8;
 // How long the key process of an old generation has to exit after its control channel
 // closes, before SIGKILL.
 constexpr milliseconds retired_key_stop_timeout{5'000};
+// While no connection uid is free, one log line per interval, and a withheld uid is checked
+// again after this long.
+constexpr milliseconds uid_wait_interval{10'000};
 
 // The delay before the next start of a process that keeps failing: first, then doubling up to
 // max. reset() returns to no delay.
@@ -122,6 +127,9 @@ struct Generation {
     std::unique_ptr<TlsStack> stack;
     KeyProcess key;
     ConnectionSetup setup;  // the sandbox plan and backend addresses of connection processes
+    // [sandbox] connection-uids once checked; a restart-only key, so the same in every
+    // generation.
+    std::optional<UidRange> connection_uids;
 };
 
 // The key process of an old generation: it serves the key channels of that generation's
@@ -147,6 +155,7 @@ std::unique_ptr<Generation> build_generation(const Config& config, const Supervi
     log_sandbox_layers(layers, generation->config);
     generation->setup.sandbox = connection_sandbox_plan(layers);
     generation->setup.pid_namespace = layers.pid_namespace;
+    generation->connection_uids = layers.connection_uids;
     generation->key = start_key_process(generation->config, hooks, layers.pid_namespace);
     try {
         generation->vhosts.emplace(generation->config.vhosts, generation->config.tls);
@@ -187,6 +196,7 @@ struct Child {
     bool status_open = true;  // false once the status socket reported EOF
     Clock::time_point started = Clock::now();
     std::uint64_t generation = 0;  // the generation it was forked with
+    std::optional<uid_t> uid;      // from [sandbox] connection-uids; unset: network-user
 };
 
 struct ChildCounts {
@@ -261,6 +271,9 @@ class Supervisor {
         } catch (const Error& error) {
             return startup_failure_status(error);
         }
+        if (current_->connection_uids) {
+            uids_.emplace(*current_->connection_uids);
+        }
         listeners_ = open_listeners(config().listeners);
         for (const Listener& listener : listeners_) {
             spdlog::info("listening on {}", listener.address);
@@ -317,6 +330,7 @@ class Supervisor {
         for (const RetiredKeyProcess& retired : retired_keys_) {
             consider(retired.kill_at);
         }
+        consider(uid_check_at_);
         if (phase_ == Phase::draining || phase_ == Phase::terminating) {
             consider(phase_deadline_);
         }
@@ -425,6 +439,9 @@ class Supervisor {
             !stopped_by_supervisor(status)) {
             spare_failed(pid, found->second);
         }
+        if (found->second.uid) {
+            return_uid(*found->second.uid, pid, id);
+        }
         children_.erase(found);  // closes the status socket
         stop_idle_key_processes();
     }
@@ -531,6 +548,9 @@ class Supervisor {
         std::size_t spares = count_children().spare;
         while (spares < config().limits.spare_children &&
                children_.size() < config().limits.max_connections) {
+            if (!connection_uid_free()) {
+                return;
+            }
             try {
                 fork_spare();
             } catch (const Error& error) {
@@ -544,6 +564,24 @@ class Supervisor {
     }
 
     void fork_spare() {
+        const std::optional<uid_t> uid = uids_ ? uids_->take() : std::nullopt;
+        if (uids_ && !uid) {
+            // replenish_spares checks connection_uid_free first, so this is a bug; a child
+            // without its own uid would run as network-user.
+            throw Error(ErrorKind::policy, "no free uid in sandbox.connection-uids");
+        }
+        try {
+            fork_spare_as(uid);
+        } catch (const Error&) {
+            if (uid) {
+                uids_->give_back(*uid);
+            }
+            throw;
+        }
+    }
+
+    // Forks a spare that runs as uid, or as network-user when uid is unset.
+    void fork_spare_as(std::optional<uid_t> uid) {
         const std::uint64_t id = next_connection_id_++;
         auto [key_end, child_key_end] = make_seqpacket_pair();
         send_attach(key().control.get(), key_end, id, 0);
@@ -552,13 +590,93 @@ class Supervisor {
         const pid_t pid = fork_child(setup().pid_namespace);
         if (pid == 0) {
             // This copy of the supervisor is never used again, so the child takes the
-            // listeners over.
+            // listeners over, and its plan takes the uid of this child alone.
+            ConnectionSetup child_setup = setup();
+            if (uid) {
+                assign_connection_uid(*child_setup.sandbox, *uid);
+            }
             ConnectionChannels channels{std::move(listeners_), std::move(child_key_end),
                                         std::move(child_status_end), id};
-            run_connection_process(config(), stack(), std::move(channels), setup());
+            run_connection_process(config(), stack(), std::move(channels), child_setup);
+        }
+        if (uid) {
+            spdlog::debug("connection process {} (connection {}) holds uid {}", pid, id, *uid);
         }
         children_.emplace(pid, Child{id, std::move(status_end), ChildState::spare, true,
-                                     Clock::now(), current_->number});
+                                     Clock::now(), current_->number, uid});
+    }
+
+    // ---- connection uids ----
+
+    // True when fork_spare can take a connection uid, or none is needed. Otherwise logs once
+    // per uid_wait_interval that new connections wait.
+    bool connection_uid_free() {
+        if (!uids_) {
+            return true;
+        }
+        if (uids_->free_count() > 0) {
+            if (uid_wait_logged_) {
+                spdlog::info("a connection uid is free again; starting spare connection processes");
+                uid_wait_logged_.reset();
+            }
+            return true;
+        }
+        const auto now = Clock::now();
+        if (!uid_wait_logged_ || now - *uid_wait_logged_ >= uid_wait_interval) {
+            spdlog::warn(
+                "no free uid in sandbox.connection-uids {}: {} held by connection processes, {} "
+                "withheld; no spare is started and new connections wait in the listen backlog",
+                uids_->range().to_string(), uids_->held_count(), uids_->withheld().size());
+            uid_wait_logged_ = now;
+        }
+        return false;
+    }
+
+    // Returns the uid of reaped connection process pid to the pool. The process was PID 1 of
+    // its namespace, so the kernel has ended every process inside it.
+    void return_uid(uid_t uid, pid_t pid, std::uint64_t id) {
+#ifndef NDEBUG
+        if (const std::vector<pid_t> left = processes_using_uid(uid); !left.empty()) {
+            spdlog::error(
+                "connection {}: uid {} of reaped connection process {} is still used by process "
+                "{}; keeping the uid out of the pool",
+                id, uid, pid, fmt::join(left, ", "));
+            uids_->withhold(uid);
+            if (!uid_check_at_) {
+                uid_check_at_ = Clock::now() + uid_wait_interval;
+            }
+            return;
+        }
+#endif
+        uids_->give_back(uid);
+        spdlog::debug("connection {}: uid {} of reaped connection process {} is free again", id,
+                      uid, pid);
+    }
+
+    // The processes that use uid, by find_processes_with_id. A failed scan counts as use
+    // (pid -1), so that the uid stays out of the pool.
+    static std::vector<pid_t> processes_using_uid(uid_t uid) {
+        try {
+            return find_processes_with_id(uid);
+        } catch (const Error& error) {
+            spdlog::error("checking which processes use uid {} failed: {}", uid, error.what());
+            return {-1};
+        }
+    }
+
+    // Frees each withheld uid that no process uses any more.
+    void recheck_withheld_uids() {
+        uid_check_at_.reset();
+        const std::set<uid_t> withheld = uids_->withheld();
+        for (const uid_t uid : withheld) {
+            if (processes_using_uid(uid).empty()) {
+                spdlog::info("uid {} is no longer used by any process; it is free again", uid);
+                uids_->release_withheld(uid);
+            }
+        }
+        if (!uids_->withheld().empty()) {
+            uid_check_at_ = Clock::now() + uid_wait_interval;
+        }
     }
 
     // Tells every spare to exit; one that accepted a client meanwhile serves it.
@@ -792,6 +910,9 @@ class Supervisor {
             spare_retry_at_.reset();
         }
         kill_late_key_processes(now);
+        if (uid_check_at_ && now >= *uid_check_at_) {
+            recheck_withheld_uids();
+        }
         if (phase_ == Phase::draining && now >= phase_deadline_ && !children_.empty()) {
             spdlog::warn(
                 "drain timeout of {} ms passed; sending SIGTERM to {} connection "
@@ -840,6 +961,9 @@ class Supervisor {
     Clock::time_point phase_deadline_;
     std::optional<Clock::time_point> key_restart_at_;
     std::optional<Clock::time_point> spare_retry_at_;
+    std::optional<UidPool> uids_;                       // set when [sandbox] connection-uids is
+    std::optional<Clock::time_point> uid_wait_logged_;  // the last "no free uid" line
+    std::optional<Clock::time_point> uid_check_at_;     // the next check of withheld uids
     RestartBackoff spare_backoff_{spare_backoff_first, spare_backoff_max};
     RestartBackoff key_backoff_{key_restart_backoff, key_restart_backoff_max};
 };

@@ -734,6 +734,30 @@ def run_cloister(*args: str | Path, timeout: float = 60.0,
     return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
+def run_until_exit(folder: Path, document: Mapping[str, Any] | str,
+                   *args: str) -> subprocess.CompletedProcess:
+    """Write ``document`` to folder (see ``write_config``) and run cloister once with it.
+
+    For starts expected to fail. The result's ``output`` is stdout and stderr joined.
+    """
+    path = write_config(folder, document)
+    result = run_cloister("--config", path, *args, timeout=30)
+    result.output = result.stdout + result.stderr
+    return result
+
+
+def assert_start_rejected(result: subprocess.CompletedProcess, *texts: str) -> None:
+    """Raise AssertionError unless cloister exited with status 2 before its "started" line and
+    ``result.output`` (from ``run_until_exit``) contains each of ``texts``."""
+    if result.returncode != 2:
+        raise AssertionError(f"exit status {result.returncode}, expected 2:\n{result.output}")
+    if STARTED_PATTERN.search(result.output):
+        raise AssertionError(f"cloister started:\n{result.output}")
+    for text in texts:
+        if text not in result.output:
+            raise AssertionError(f"{text!r} is missing from the output:\n{result.output}")
+
+
 def _kill_process_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)

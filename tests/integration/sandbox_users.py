@@ -77,8 +77,11 @@ def create_user(name: str) -> None:
         raise RuntimeError(f"useradd {name} failed ({result.returncode}): {result.stderr}")
 
 
-def processes_of(uid: int) -> list[int]:
-    """Return the pids of every process whose real uid is ``uid``."""
+def processes_of(uid: int, any_uid: bool = False) -> list[int]:
+    """Return the pids of every process whose real uid is ``uid``.
+
+    With ``any_uid``, a process also counts when uid is its effective, saved or file-system uid.
+    """
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -88,7 +91,10 @@ def processes_of(uid: int) -> list[int]:
         except OSError:
             continue
         for line in status.splitlines():
-            if line.startswith("Uid:") and int(line.split()[1]) == uid:
+            if not line.startswith("Uid:"):
+                continue
+            ids = [int(value) for value in line.split()[1:]]
+            if uid in (ids if any_uid else ids[:1]):
                 found.append(int(entry.name))
     return found
 

@@ -4,8 +4,10 @@
 #include "core/sandbox_layers.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <grp.h>
 #include <gtest/gtest.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -15,8 +17,12 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <functional>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "core/config.h"
 #include "core/error.h"
@@ -291,7 +297,180 @@ TEST(SandboxLayers, NamespacesOffInConfig) {
     EXPECT_FALSE(layers.network_namespace);
 }
 
+// ---- connection uids --------------------------------------------------------------------
+
+// Runs body in a forked child (testing::start_child) and returns the text it returned, or
+// the message of the Error it threw.
+std::string text_from_child(const std::function<std::string()>& body) {
+    auto [read_end, write_end] = make_pipe();
+    const pid_t pid = testing::start_child([&body, &read_end, &write_end] {
+        read_end.reset();
+        std::string text;
+        try {
+            text = body();
+        } catch (const Error& error) {
+            text = error.what();
+        }
+        return ::write(write_end.get(), text.data(), text.size()) < 0 ? 1 : 0;
+    });
+    write_end.reset();
+    std::string text = read_all(read_end.get());
+    testing::wait_child(pid);
+    return text;
+}
+
+// A range of count ids that no account of this host uses, starting at 3,000,000.
+UidRange free_range(std::uint64_t count) {
+    return UidRange{3'000'000, count};
+}
+
+TEST(SandboxLayers, FreeUidRangeAccepted) {
+    if (!running_as_root()) {
+        GTEST_SKIP() << "connection uids need root";
+    }
+    const TempDirectory root;
+    Config config = make_config(root.path());
+    config.sandbox.connection_uids = free_range(16);
+    const SandboxLayers layers = decide_sandbox_layers(config, {.test_namespaces = true});
+    ASSERT_TRUE(layers.connection_uids);
+    EXPECT_EQ(layers.connection_uids->first, 3'000'000U);
+    EXPECT_EQ(layers.connection_uids->count, 16U);
+}
+
+TEST(SandboxLayers, UidRangeOverNetworkUserRejected) {
+    if (!running_as_root()) {
+        GTEST_SKIP() << "connection uids need root";
+    }
+    const TempDirectory root;
+    Config config = make_config(root.path());
+    config.sandbox.connection_uids = UidRange{65'530, 10};
+    const std::string message = config_error_of(config, {});
+    EXPECT_NE(message.find("sandbox.connection-uids: the range 65530-65539 contains the ids of "
+                           "network-user 'nobody' (uid 65534"),
+              std::string::npos)
+        << message;
+}
+
+TEST(SandboxLayers, UidRangeOverGroupRejected) {
+    if (!running_as_root()) {
+        GTEST_SKIP() << "connection uids need root";
+    }
+    // A group whose gid no user has as uid or gid, so only the group database reports it.
+    std::set<std::uint64_t> user_ids;
+    ::setpwent();
+    while (const passwd* user = ::getpwent()) {
+        user_ids.insert(user->pw_uid);
+        user_ids.insert(user->pw_gid);
+    }
+    ::endpwent();
+    std::optional<std::pair<std::string, gid_t>> lone_group;
+    ::setgrent();
+    while (const group* entry = ::getgrent()) {
+        if (user_ids.count(entry->gr_gid) == 0 && entry->gr_gid != 0) {
+            lone_group.emplace(entry->gr_name, entry->gr_gid);
+            break;
+        }
+    }
+    ::endgrent();
+    if (!lone_group) {
+        GTEST_SKIP() << "every group of this host shares its id with a user";
+    }
+    const TempDirectory root;
+    Config config = make_config(root.path());
+    config.sandbox.connection_uids = UidRange{lone_group->second, 1};
+    const std::string message = config_error_of(config, {});
+    EXPECT_NE(message.find(fmt::format("contains the ids of group '{}' (gid {}) in the user "
+                                       "database",
+                                       lone_group->first, lone_group->second)),
+              std::string::npos)
+        << message;
+}
+
+TEST(SandboxLayers, UidRangeNeedsNamespaces) {
+    if (!running_as_root()) {
+        GTEST_SKIP() << "connection uids need root";
+    }
+    const TempDirectory root;
+    Config config = make_config(root.path());
+    config.sandbox.connection_uids = free_range(16);
+    config.sandbox.namespaces = false;
+    const std::string message = config_error_of(config, {});
+    EXPECT_NE(message.find("the range 3000000-3000015 needs PID namespaces"), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("namespaces = false in [sandbox]; set namespaces = true"),
+              std::string::npos)
+        << message;
+}
+
+// As root, a forked child switches to nobody first, so the test runs either way.
+TEST(SandboxLayers, UidRangeNeedsRoot) {
+    const TempDirectory root;
+    Config config = make_config(root.path());
+    config.sandbox.connection_uids = free_range(16);
+    const std::string message = text_from_child([&config]() -> std::string {
+        if (running_as_root() &&
+            (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0)) {
+            return "switching to nobody failed";
+        }
+        static_cast<void>(decide_sandbox_layers(config, {}));
+        return "accepted";
+    });
+    EXPECT_NE(message.find("sandbox.connection-uids: the range 3000000-3000015 needs cloister to "
+                           "run as root"),
+              std::string::npos)
+        << message;
+}
+
 // ---- the plans -------------------------------------------------------------------------
+
+TEST(SandboxPlans, ConnectionUidPerChild) {
+    if (!running_as_root()) {
+        GTEST_SKIP() << "users are decided only as root";
+    }
+    const TempDirectory root;
+    Config config = make_config(root.path());
+    config.sandbox.connection_uids = free_range(16);
+    const SandboxLayers layers = decide_sandbox_layers(config, {});
+    const SandboxPlan shared = connection_sandbox_plan(layers);
+    SandboxPlan first = shared;
+    SandboxPlan second = shared;
+    assign_connection_uid(first, 3'000'000);
+    assign_connection_uid(second, 3'000'001);
+    ASSERT_TRUE(first.user);
+    ASSERT_TRUE(second.user);
+    EXPECT_EQ(first.user->uid, 3'000'000U);
+    EXPECT_EQ(first.user->gid, 3'000'000U);
+    EXPECT_EQ(second.user->uid, 3'000'001U);
+    EXPECT_EQ(second.user->gid, 3'000'001U);
+    ASSERT_TRUE(shared.user);
+    EXPECT_EQ(shared.user->name, "nobody");
+    // The per-process limits stay those of every connection process.
+    EXPECT_EQ(first.limits.processes, rlim_t{0});
+    EXPECT_EQ(first.limits.open_files, shared.limits.open_files);
+}
+
+// A child that applies a plan with a range uid runs as that uid and gid, with no supplementary
+// group, and cannot fork: RLIMIT_NPROC 0 applies to its own uid.
+TEST(SandboxPlans, RangeUidAppliedInChild) {
+    if (!running_as_root()) {
+        GTEST_SKIP() << "switching users needs root";
+    }
+    SandboxPlan plan;
+    plan.limits = connection_process_limits();
+    assign_connection_uid(plan, 3'000'123);
+    const std::string report = text_from_child([&plan] {
+        apply_sandbox(plan);
+        std::array<gid_t, 4> groups{};
+        const int group_count = ::getgroups(static_cast<int>(groups.size()), groups.data());
+        const pid_t grandchild = ::fork();
+        if (grandchild == 0) {
+            ::_exit(0);
+        }
+        return fmt::format("{} {} {} {}", ::getuid(), ::getgid(), group_count,
+                           grandchild < 0 ? errno : 0);
+    });
+    EXPECT_EQ(report, fmt::format("3000123 3000123 0 {}", EAGAIN));
+}
 
 TEST(SandboxPlans, ConnectionAndKeyRoles) {
     if (!running_as_root()) {

@@ -1014,7 +1014,50 @@ TEST(ConfigSandbox, RejectsInvalidValues) {
               "cloister.toml:16:14: sandbox.namespaces: expected true or false, got \"yes\"");
     EXPECT_EQ(error_of(with("[sandbox]\nchroot = \"/x\"\n")),
               "cloister.toml:16:1: unknown key 'chroot' in [sandbox]; expected one of: "
-              "network-user, key-user, root-directory, seccomp, namespaces");
+              "network-user, key-user, root-directory, seccomp, namespaces, connection-uids");
+}
+
+TEST(ConfigSandbox, ConnectionUidsOffByDefault) {
+    EXPECT_FALSE(parse_config(with(""), "cloister.toml").sandbox.connection_uids.has_value());
+    EXPECT_FALSE(parse_config(with("[sandbox]\nseccomp = \"log\"\n"), "cloister.toml")
+                     .sandbox.connection_uids.has_value());
+}
+
+TEST(ConfigSandbox, ReadsConnectionUids) {
+    const Config config =
+        parse_config(with("[sandbox]\nconnection-uids = \"2000000-2065535\"\n"), "cloister.toml");
+    ASSERT_TRUE(config.sandbox.connection_uids.has_value());
+    EXPECT_EQ(config.sandbox.connection_uids->first, 2'000'000U);
+    EXPECT_EQ(config.sandbox.connection_uids->count, 65'536U);
+}
+
+TEST(ConfigSandbox, RejectsMalformedConnectionUids) {
+    const std::string form =
+        "sandbox.connection-uids: expected a uid range \"FIRST-LAST\" of two decimal ids with "
+        "FIRST <= LAST <= 4294967294, such as \"2000000-2065535\"";
+    EXPECT_EQ(error_of(with("[sandbox]\nconnection-uids = \"2065535-2000000\"\n")),
+              "cloister.toml:16:19: " + form + ", got \"2065535-2000000\"");
+    EXPECT_EQ(error_of(with("[sandbox]\nconnection-uids = \"2000000\"\n")),
+              "cloister.toml:16:19: " + form + ", got \"2000000\"");
+    EXPECT_EQ(error_of(with("[sandbox]\nconnection-uids = 2000000\n")),
+              "cloister.toml:16:19: sandbox.connection-uids: expected a uid range "
+              "\"FIRST-LAST\", got 2000000");
+}
+
+TEST(ConfigSandbox, RejectsConnectionUidsWithRoot) {
+    EXPECT_EQ(error_of(with("[sandbox]\nconnection-uids = \"0-70000\"\n")),
+              "cloister.toml:16:19: sandbox.connection-uids: the range 0-70000 contains uid 0 "
+              "(root); start it above every system account, such as \"2000000-2065535\"");
+}
+
+TEST(ConfigSandbox, RejectsConnectionUidsBelowLimits) {
+    const std::string limits = "[limits]\nmax-connections = 2\nspare-children = 1\n";
+    EXPECT_NO_THROW(static_cast<void>(parse_config(
+        with(limits + "[sandbox]\nconnection-uids = \"3000000-3000002\"\n"), "cloister.toml")));
+    EXPECT_EQ(error_of(with(limits + "[sandbox]\nconnection-uids = \"3000000-3000001\"\n")),
+              "cloister.toml:19:19: sandbox.connection-uids: the range 3000000-3000001 has 2 ids, "
+              "fewer than max-connections (2) + spare-children (1) = 3; widen the range or lower "
+              "[limits] max-connections");
 }
 
 }  // namespace
