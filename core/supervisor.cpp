@@ -29,6 +29,7 @@
 #include "core/log.h"
 #include "core/process_title.h"
 #include "core/reload.h"
+#include "core/sandbox.h"
 #include "core/sandbox_layers.h"
 #include "core/sandbox_spawn.h"
 
@@ -56,9 +57,6 @@ constexpr milliseconds spare_retry_delay{1'000};
 constexpr milliseconds spare_early_death{2'000};
 constexpr milliseconds spare_backoff_first{100};
 constexpr milliseconds spare_backoff_max{30'000};
-// The maximum number of old generations whose connections may still run after reloads. A
-// reload beyond it is rejected until one of them has drained.
-constexpr std::size_t max_draining_generations = 8;
 // How long the key process of an old generation has to exit after its control channel
 // closes, before SIGKILL.
 constexpr milliseconds retired_key_stop_timeout{5'000};

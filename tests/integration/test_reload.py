@@ -14,7 +14,9 @@ replaces what the files hold, or the config itself, and sends SIGHUP. The cases:
   connection process with the module mapped;
 - ten reloads in a row under light load, switching tls-backend: no process or descriptor
   leaks in the supervisor;
-- a restart-only key changed, and SIGHUP during the drain.
+- a restart-only key changed, and SIGHUP during the drain;
+- eight older generations each holding a connection, so nine key processes run as the key
+  user under its RLIMIT_NPROC.
 """
 
 from __future__ import annotations
@@ -382,6 +384,36 @@ class RepeatedReloadTest(SiteTest):
         self.assertEqual(descriptor_count(daemon.pid), descriptors,
                          os.listdir(f"/proc/{daemon.pid}/fd"))
         daemon.assert_no_zombies()
+        daemon.stop()
+
+
+class DrainingGenerationsTest(SiteTest):
+    def test_eight_generations_keep_a_connection_each(self):
+        """Nine key processes run as the key user at once: the current one and those of eight
+        older generations, each serving one held connection."""
+        site = self.start_site(self.pki.p256)
+        daemon = site.daemon
+        held: list[ssl.SSLSocket] = []
+        try:
+            for generation in range(2, 10):
+                connection = harness.tls_connect(site.port)
+                held.append(connection)
+                connection.sendall(b"hold")
+                self.assertEqual(connection.recv(16), b"hold")
+                self.assertRegex(site.reload(), rf"\(generation {generation}\)")
+                self.assertEqual(certificate_fingerprint(site.port),
+                                 pem_fingerprint(self.pki.p256))
+            wait_for_key_processes(daemon, 9)
+            for number, connection in enumerate(held):
+                connection.sendall(b"still")
+                self.assertEqual(connection.recv(16), b"still", f"connection {number}")
+            self.assertIn("8 older generations still serve connections, the maximum",
+                          site.reload())
+        finally:
+            for connection in held:
+                connection.close()
+        self.assertNotIn("starting key process worker threads failed", daemon.log)
+        self.assertNotRegex(daemon.log, r"key process \d+ exited \(status \d+\); restarting")
         daemon.stop()
 
 
