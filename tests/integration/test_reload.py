@@ -9,7 +9,8 @@ replaces what the files hold, or the config itself, and sends SIGHUP. The cases:
 - a truncated certificate, a truncated key, a key that does not match its certificate and
   invalid TOML: the daemon keeps serving the old certificate, the log names the file, and
   --check-config on the same file exits non-zero;
-- a listener added and one removed, while a kept listener serves clients all along;
+- a listener added and one removed, while a kept listener serves clients all along, and a
+  port moved from 127.0.0.1 to the wildcard address, which a reload cannot bind;
 - a SoftHSM key: handshakes before and after the reload, one key process left, and no
   connection process with the module mapped;
 - ten reloads in a row under light load, switching tls-backend: no process or descriptor
@@ -354,6 +355,23 @@ class ListenersTest(SiteTest):
             log = site.reload()
         self.assertRegex(log, rf"reload failed: .*listener\[1\]\.address: .*127\.0\.0\.1:{busy}")
         self.assertEqual(certificate_fingerprint(site.port), pem_fingerprint(self.pki.p256))
+        wait_for_key_processes(site.daemon, 1)
+        site.daemon.stop()
+
+
+    def test_wildcard_on_a_listening_port_names_the_listener(self):
+        site = self.start_site(self.pki.p256)
+        port = site.port
+        document = site.document()
+        # The bind fails while 127.0.0.1 listens on the port, so no socket opens on 0.0.0.0.
+        document["listener"] = [{"address": f"0.0.0.0:{port}"}]
+        site.write(document)
+        log = site.reload()
+        self.assertIn(f"listener[0].address: 0.0.0.0:{port} overlaps 127.0.0.1:{port}, where "
+                      f"cloister listens", log)
+        self.assertIn("restart cloister to apply this change", log)
+        self.assertNotIn("stop the program that uses this address", log)
+        self.assertEqual(certificate_fingerprint(port), pem_fingerprint(self.pki.p256))
         wait_for_key_processes(site.daemon, 1)
         site.daemon.stop()
 
