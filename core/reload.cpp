@@ -29,6 +29,35 @@ void compare(std::vector<std::string>& changes, const SandboxConfig& next, const
                                   key, before, after, where, before));
 }
 
+// A TCP listener address as format_address writes it ("127.0.0.1:8443", "[::1]:8443").
+struct TcpAddress {
+    std::string host;  // with the brackets of an IPv6 address
+    std::string port;
+};
+
+std::optional<TcpAddress> split_tcp_address(const std::string& address) {
+    const std::size_t colon = address.rfind(':');
+    if (address.starts_with("unix") || colon == std::string::npos) {
+        return std::nullopt;
+    }
+    return TcpAddress{address.substr(0, colon), address.substr(colon + 1)};
+}
+
+bool is_wildcard(const std::string& host) {
+    return host == "0.0.0.0" || host == "[::]";
+}
+
+// True when a socket listening on held keeps a socket from binding wanted.
+bool overlaps(const std::string& held, const std::string& wanted) {
+    const std::optional<TcpAddress> a = split_tcp_address(held);
+    const std::optional<TcpAddress> b = split_tcp_address(wanted);
+    if (!a || !b || a->port != b->port) {
+        return false;
+    }
+    const bool same_family = a->host.starts_with('[') == b->host.starts_with('[');
+    return same_family && (a->host == b->host || is_wildcard(a->host) || is_wildcard(b->host));
+}
+
 }  // namespace
 
 std::vector<std::string> restart_only_changes(const Config& current, const Config& next) {
@@ -66,6 +95,30 @@ ListenerDiff diff_listeners(const std::vector<std::string>& current,
         }
     }
     return diff;
+}
+
+std::optional<std::string> own_listener_conflict(const std::vector<std::string>& current,
+                                                 const std::vector<std::string>& wanted,
+                                                 const ListenerDiff& diff, std::size_t index) {
+    for (std::size_t held = 0; held < current.size(); ++held) {
+        if (!overlaps(current[held], wanted[index])) {
+            continue;
+        }
+        for (std::size_t other = 0; other < diff.reuse.size(); ++other) {
+            if (diff.reuse[other] == held) {
+                return fmt::format(
+                    "{} overlaps {}, which listener[{}] keeps listening on; "
+                    "remove one of the two listeners",
+                    wanted[index], current[held], other);
+            }
+        }
+        return fmt::format(
+            "{} overlaps {}, where cloister listens until every new listener is bound, so a "
+            "reload cannot move the port between these addresses; restart cloister to apply "
+            "this change, or choose another port",
+            wanted[index], current[held]);
+    }
+    return std::nullopt;
 }
 
 }  // namespace cloister

@@ -33,4 +33,13 @@ struct ListenerDiff {
 ListenerDiff diff_listeners(const std::vector<std::string>& current,
                             const std::vector<std::string>& wanted);
 
+// Explains why wanted[index], a new address of diff, failed to bind with EADDRINUSE when one of
+// cloister's own current listeners already listens on it: the same address, or the same port and
+// family where one of the two is the wildcard ("0.0.0.0", "[::]"). Linux rejects such a bind while
+// the other socket listens, even with SO_REUSEADDR. The message names the listener and the fix.
+// None when no current listener overlaps, so another program holds the address.
+std::optional<std::string> own_listener_conflict(const std::vector<std::string>& current,
+                                                 const std::vector<std::string>& wanted,
+                                                 const ListenerDiff& diff, std::size_t index);
+
 }  // namespace cloister

@@ -240,7 +240,7 @@ ResourceLimits key_process_limits(unsigned threads) {
     ResourceLimits limits;
     // Per key process: the main thread, the workers, and one spare for a thread that is
     // exiting.
-    limits.processes = 2 * (rlim_t{threads} + 2);
+    limits.processes = max_key_processes * (rlim_t{threads} + 2);
     limits.open_files = 1024;
     if (!address_sanitizer_build) {
         limits.data_bytes = 1024 * mebibyte;

@@ -93,12 +93,20 @@ struct ResourceLimits {
 // shadow memory counts as data.
 ResourceLimits connection_process_limits();
 
+// The maximum number of older generations that may still serve connections after reloads,
+// each with its own key process. The supervisor rejects a reload beyond it.
+inline constexpr unsigned max_draining_generations = 8;
+
+// The key processes of one daemon that may run at once, all as the key user: the current one,
+// one per draining generation, and the temporary one of a --check-config run.
+inline constexpr unsigned max_key_processes = max_draining_generations + 2;
+
 // Limits for the key process with threads worker threads: 1024 descriptors, 1 GiB of data,
-// and room for two key processes of that size: the daemon's, and the temporary one of a
-// --check-config run while the daemon serves.
+// and room for max_key_processes key processes of that size.
 // NOTE: RLIMIT_NPROC counts every process of the key user, so the key user must run nothing
-// else, and two daemons need two key users. The data limit is an estimate, and it is left
-// unset in AddressSanitizer builds.
+// else, and two daemons need two key users. An older generation with more worker threads
+// than this one takes more of the room. The data limit is an estimate, and it is left unset
+// in AddressSanitizer builds.
 ResourceLimits key_process_limits(unsigned threads);
 
 // Applies limits with setrlimit. Throws Error(system) naming the limit that failed.

@@ -30,6 +30,7 @@
 #include "core/log.h"
 #include "core/process_title.h"
 #include "core/reload.h"
+#include "core/sandbox.h"
 #include "core/sandbox_layers.h"
 #include "core/sandbox_spawn.h"
 #include "core/uid_pool.h"
@@ -58,9 +59,6 @@ constexpr milliseconds spare_retry_delay{1'000};
 constexpr milliseconds spare_early_death{2'000};
 constexpr milliseconds spare_backoff_first{100};
 constexpr milliseconds spare_backoff_max{30'000};
-// The maximum number of old generations whose connections may still run after reloads. A
-// reload beyond it is rejected until one of them has drained.
-constexpr std::size_t max_draining_generations = 8;
 // How long the key process of an old generation has to exit after its control channel
 // closes, before SIGKILL.
 constexpr milliseconds retired_key_stop_timeout{5'000};
@@ -767,7 +765,7 @@ class Supervisor {
         std::vector<std::optional<Listener>> opened(wanted.size());
         for (std::size_t i = 0; i < wanted.size(); ++i) {
             if (!diff.reuse[i]) {
-                opened[i] = open_listener(next.listeners[i], i);
+                opened[i] = open_new_listener(next.listeners[i], i, current, wanted, diff);
             }
         }
         std::vector<Listener> listeners;
@@ -785,6 +783,29 @@ class Supervisor {
         }
         // Removed sockets close here; spares of the old generation drop theirs as they retire.
         listeners_ = std::move(listeners);
+    }
+
+    // Opens listener, entry index of the new configuration. A bind that one of the current
+    // listeners blocks throws with a message that names it instead of another program.
+    static Listener open_new_listener(const ListenerConfig& listener, std::size_t index,
+                                      const std::vector<std::string>& current,
+                                      const std::vector<std::string>& wanted,
+                                      const ListenerDiff& diff) {
+        try {
+            return open_listener(listener, index);
+        } catch (const Error& error) {
+            const std::optional<std::string> conflict =
+                error.error_number() == EADDRINUSE
+                    ? own_listener_conflict(current, wanted, diff, index)
+                    : std::nullopt;
+            if (!conflict) {
+                throw;
+            }
+            throw Error(error.kind(),
+                        fmt::format("{}: listener[{}].address: {}", listener.where.to_string(),
+                                    index, *conflict),
+                        error.error_number());
+        }
     }
 
     // Makes next the generation of new connections. The spares of the old one retire, and

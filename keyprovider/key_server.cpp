@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstring>
 #include <exception>
+#include <latch>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -220,14 +221,22 @@ int KeyServer::run() {
     spdlog::info("key process serving {} keys with {} worker threads", store_.size(),
                  worker_count_);
     std::vector<std::thread> workers;
+    // The workers wait until every one has started. So a process whose later worker fails
+    // to start (RLIMIT_NPROC) responds to no request, and the supervisor's self-check fails
+    // instead of passing just before the exit.
+    std::latch started(1);
     try {
         for (unsigned i = 0; i < worker_count_; ++i) {
-            workers.emplace_back([this] { work(); });
+            workers.emplace_back([this, &started] {
+                started.wait();
+                work();
+            });
         }
     } catch (const std::system_error& error) {
         spdlog::error("starting key process worker threads failed: {}", error.what());
         stop(1);
     }
+    started.count_down();
     for (std::thread& worker : workers) {
         worker.join();
     }

@@ -9,12 +9,15 @@ replaces what the files hold, or the config itself, and sends SIGHUP. The cases:
 - a truncated certificate, a truncated key, a key that does not match its certificate and
   invalid TOML: the daemon keeps serving the old certificate, the log names the file, and
   --check-config on the same file exits non-zero;
-- a listener added and one removed, while a kept listener serves clients all along;
+- a listener added and one removed, while a kept listener serves clients all along, and a
+  port moved from 127.0.0.1 to the wildcard address, which a reload cannot bind;
 - a SoftHSM key: handshakes before and after the reload, one key process left, and no
   connection process with the module mapped;
 - ten reloads in a row under light load, switching tls-backend: no process or descriptor
   leaks in the supervisor;
-- a restart-only key changed, and SIGHUP during the drain.
+- a restart-only key changed, and SIGHUP during the drain;
+- eight older generations each holding a connection, so nine key processes run as the key
+  user under its RLIMIT_NPROC.
 """
 
 from __future__ import annotations
@@ -356,6 +359,23 @@ class ListenersTest(SiteTest):
         site.daemon.stop()
 
 
+    def test_wildcard_on_a_listening_port_names_the_listener(self):
+        site = self.start_site(self.pki.p256)
+        port = site.port
+        document = site.document()
+        # The bind fails while 127.0.0.1 listens on the port, so no socket opens on 0.0.0.0.
+        document["listener"] = [{"address": f"0.0.0.0:{port}"}]
+        site.write(document)
+        log = site.reload()
+        self.assertIn(f"listener[0].address: 0.0.0.0:{port} overlaps 127.0.0.1:{port}, where "
+                      f"cloister listens", log)
+        self.assertIn("restart cloister to apply this change", log)
+        self.assertNotIn("stop the program that uses this address", log)
+        self.assertEqual(certificate_fingerprint(port), pem_fingerprint(self.pki.p256))
+        wait_for_key_processes(site.daemon, 1)
+        site.daemon.stop()
+
+
 class RepeatedReloadTest(SiteTest):
     def test_ten_reloads_under_load_leak_nothing(self):
         site = self.start_site(self.pki.p256)
@@ -382,6 +402,36 @@ class RepeatedReloadTest(SiteTest):
         self.assertEqual(descriptor_count(daemon.pid), descriptors,
                          os.listdir(f"/proc/{daemon.pid}/fd"))
         daemon.assert_no_zombies()
+        daemon.stop()
+
+
+class DrainingGenerationsTest(SiteTest):
+    def test_eight_generations_keep_a_connection_each(self):
+        """Nine key processes run as the key user at once: the current one and those of eight
+        older generations, each serving one held connection."""
+        site = self.start_site(self.pki.p256)
+        daemon = site.daemon
+        held: list[ssl.SSLSocket] = []
+        try:
+            for generation in range(2, 10):
+                connection = harness.tls_connect(site.port)
+                held.append(connection)
+                connection.sendall(b"hold")
+                self.assertEqual(connection.recv(16), b"hold")
+                self.assertRegex(site.reload(), rf"\(generation {generation}\)")
+                self.assertEqual(certificate_fingerprint(site.port),
+                                 pem_fingerprint(self.pki.p256))
+            wait_for_key_processes(daemon, 9)
+            for number, connection in enumerate(held):
+                connection.sendall(b"still")
+                self.assertEqual(connection.recv(16), b"still", f"connection {number}")
+            self.assertIn("8 older generations still serve connections, the maximum",
+                          site.reload())
+        finally:
+            for connection in held:
+                connection.close()
+        self.assertNotIn("starting key process worker threads failed", daemon.log)
+        self.assertNotRegex(daemon.log, r"key process \d+ exited \(status \d+\); restarting")
         daemon.stop()
 
 

@@ -341,8 +341,9 @@ class ConfinedProcessesTest(unittest.TestCase):
         self.assertNotEqual(namespace_of(pid, "net"), namespace_of(self.daemon.pid, "net"))
         limits = proc_limits(pid)
         self.assertEqual(limits["Max open files"], ("1024", "1024"))
-        # The test config has 2 workers: the main thread, the workers and one spare, twice.
-        self.assertEqual(limits["Max processes"], ("8", "8"))
+        # The test config has 2 workers: the main thread, the workers and one spare, for each
+        # of ten key processes (the current one, eight draining generations, --check-config).
+        self.assertEqual(limits["Max processes"], ("40", "40"))
 
     def test_start_lines_name_every_layer(self):
         log = self.daemon.log

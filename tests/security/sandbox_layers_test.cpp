@@ -493,7 +493,7 @@ TEST(SandboxPlans, ConnectionAndKeyRoles) {
     EXPECT_EQ(key.user->name, "daemon");
     EXPECT_EQ(key.root, root.path());
     EXPECT_TRUE(key.namespaces.network);
-    EXPECT_EQ(key.limits.processes, rlim_t{10});
+    EXPECT_EQ(key.limits.processes, rlim_t{max_key_processes * 5});
     ASSERT_TRUE(key.seccomp);
     EXPECT_EQ(*key.seccomp, SeccompRole::key_memory);
 }

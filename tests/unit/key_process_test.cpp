@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -979,6 +980,59 @@ TEST_F(KeyProcessTest, BeforeServingErrorStopsProcess) {
     const std::string log = read_text(log_file_);
     EXPECT_THAT(log, HasSubstr("key process failed: chroot failed: test"));
     EXPECT_THAT(log, Not(HasSubstr("key process serving")));
+}
+
+// A key process whose worker threads cannot all start exits with status 1 before any worker
+// responds to a request, so a supervisor's self-check fails instead of passing just before the
+// exit. The request waits on its channel before the process starts.
+TEST_F(KeyProcessTest, WorkerStartFailureAnswersNoRequest) {
+    if (::geteuid() != 0) {
+        GTEST_SKIP() << "RLIMIT_NPROC counts exactly only for a user id of its own, which "
+                        "needs root to switch to";
+    }
+    auto [control, child_control] = make_seqpacket_pair();
+    auto [channel, child_channel] = make_seqpacket_pair();
+    keyproto::Attach attach;
+    attach.connection_id = 30;
+    const std::array<int, 1> fds{child_channel.get()};
+    send_control(control.get(), keyproto::encode(attach), fds);
+    child_channel.reset();
+    const Bytes garbage{1, 1, 0x07, 0x08, 42, 0, 0, 0};  // gets a response with status malformed
+    ASSERT_EQ(::send(channel.get(), garbage.data(), garbage.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(garbage.size()));
+    Config config = make_config();
+    // 99 workers start before the 100th fails, which gives the first ones time to respond.
+    config.key_process.workers = 300;
+
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        control.reset();
+        channel.reset();
+        auto logger = spdlog::basic_logger_mt("key", log_file_.string(), true);
+        logger->flush_on(spdlog::level::debug);
+        spdlog::set_default_logger(logger);
+        const int status = run_key_process(config, std::move(child_control), [] {
+            // A user id that runs no other process, so the main thread and 99 workers fill
+            // the limit of 100.
+            const uid_t unused = 0x7ff00000U + static_cast<uid_t>(::getpid() & 0xffff);
+            const rlimit limit{100, 100};
+            if (::setrlimit(RLIMIT_NPROC, &limit) != 0 ||
+                ::setresgid(unused, unused, unused) != 0 ||
+                ::setresuid(unused, unused, unused) != 0) {
+                throw Error(ErrorKind::system, "switching to an unused user id failed");
+            }
+        });
+        ::_exit(status);
+    }
+    child_control.reset();
+    EXPECT_EQ(reap_child(pid), 1);
+    // No datagram: end of stream, or EAGAIN while the unread attach message keeps the other
+    // end open.
+    std::array<std::uint8_t, 64> reply{};
+    EXPECT_LE(::recv(channel.get(), reply.data(), reply.size(), MSG_DONTWAIT), 0)
+        << "a worker responded to the request";
+    EXPECT_THAT(read_text(log_file_), HasSubstr("starting key process worker threads failed"));
 }
 
 // --- Key loading failures: exit status 2 and one precise log line ---

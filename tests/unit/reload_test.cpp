@@ -100,5 +100,46 @@ TEST(DiffListeners, EmptyWantedClosesAll) {
     EXPECT_EQ(diff.removed, (std::vector<std::size_t>{0, 1}));
 }
 
+TEST(OwnListenerConflict, WildcardOfARemovedListener) {
+    const std::vector<std::string> current{"127.0.0.1:8443"};
+    const std::vector<std::string> wanted{"0.0.0.0:8443"};
+    const std::optional<std::string> message =
+        own_listener_conflict(current, wanted, diff_listeners(current, wanted), 0);
+    ASSERT_TRUE(message);
+    EXPECT_NE(message->find("0.0.0.0:8443 overlaps 127.0.0.1:8443"), std::string::npos);
+    EXPECT_NE(message->find("restart cloister to apply this change"), std::string::npos);
+}
+
+TEST(OwnListenerConflict, SpecificAddressUnderAWildcard) {
+    const std::vector<std::string> current{"[::]:8443"};
+    const std::vector<std::string> wanted{"[::1]:8443"};
+    const std::optional<std::string> message =
+        own_listener_conflict(current, wanted, diff_listeners(current, wanted), 0);
+    ASSERT_TRUE(message);
+    EXPECT_NE(message->find("[::1]:8443 overlaps [::]:8443"), std::string::npos);
+}
+
+TEST(OwnListenerConflict, AddressThatAnotherListenerKeeps) {
+    // Two spellings of one address, such as "localhost:8443" and "127.0.0.1:8443".
+    const std::vector<std::string> current{"127.0.0.1:8443"};
+    const std::vector<std::string> wanted{"127.0.0.1:8443", "127.0.0.1:8443"};
+    const ListenerDiff diff = diff_listeners(current, wanted);
+    ASSERT_EQ(diff.reuse[1], std::nullopt);
+    const std::optional<std::string> message = own_listener_conflict(current, wanted, diff, 1);
+    ASSERT_TRUE(message);
+    EXPECT_NE(message->find("which listener[0] keeps listening on; remove one of the two"),
+              std::string::npos);
+}
+
+TEST(OwnListenerConflict, NoneForOtherPortsFamiliesAndUnixSockets) {
+    const std::vector<std::string> current{"0.0.0.0:8443", "[::]:9443", "unix:/run/a.sock"};
+    const std::vector<std::string> wanted{"127.0.0.1:9443", "[::1]:8443", "unix:/run/b.sock",
+                                          "127.0.0.1:18443"};
+    const ListenerDiff diff = diff_listeners(current, wanted);
+    for (std::size_t i = 0; i < wanted.size(); ++i) {
+        EXPECT_EQ(own_listener_conflict(current, wanted, diff, i), std::nullopt) << wanted[i];
+    }
+}
+
 }  // namespace
 }  // namespace cloister
