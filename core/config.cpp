@@ -708,6 +708,12 @@ constexpr std::array<Choice<SeccompSetting>, 3> kSeccompSettings{
      {"log", SeccompSetting::log},
      {"off", SeccompSetting::off}}};
 
+constexpr std::array<Choice<ConnectionNetwork>, 2> kConnectionNetworks{
+    {{"host", ConnectionNetwork::host}, {"none", ConnectionNetwork::none}}};
+
+constexpr std::array<Choice<SpawnMode>, 2> kSpawnModes{
+    {{"fork", SpawnMode::fork}, {"exec", SpawnMode::exec}}};
+
 // The portable user name characters of POSIX (letters, digits, '.', '_', '-'), not starting
 // with '-', and at most 32 bytes as useradd on Debian accepts.
 bool is_user_name(std::string_view name) {
@@ -744,6 +750,9 @@ SandboxConfig read_sandbox(const Section& section) {
     sandbox.root_directory = section.file("root-directory").value_or(sandbox.root_directory);
     sandbox.seccomp = section.choice("seccomp", kSeccompSettings).value_or(sandbox.seccomp);
     sandbox.namespaces = section.boolean("namespaces").value_or(sandbox.namespaces);
+    sandbox.connection_network = section.choice("connection-network", kConnectionNetworks)
+                                     .value_or(sandbox.connection_network);
+    sandbox.spawn = section.choice("spawn", kSpawnModes).value_or(sandbox.spawn);
     return sandbox;
 }
 
@@ -1091,7 +1100,8 @@ Config read_config(const Section& top) {
     config.keys = read_keys(top, config.key_process);
     config.vhosts = read_vhosts(top, config.keys);
     if (const auto section = top.table("sandbox", {"network-user", "key-user", "root-directory",
-                                                   "seccomp", "namespaces"})) {
+                                                   "seccomp", "namespaces",
+                                                   "connection-network", "spawn"})) {
         config.sandbox = read_sandbox(*section);
     }
     return config;

@@ -161,6 +161,18 @@ enum class SeccompSetting {
     off,      // no filter is installed
 };
 
+// The network namespace of the connection processes.
+enum class ConnectionNetwork {
+    host,  // the host's: a connection process connects to TCP backends itself
+    none,  // one shared empty namespace: the supervisor connects every backend for it
+};
+
+// How the supervisor starts a connection process.
+enum class SpawnMode {
+    fork,  // fork(): the process starts as a copy of the supervisor
+    exec,  // fork() and fexecve() of the supervisor's own binary: a fresh address space
+};
+
 // [sandbox]: how the key process and the connection processes are confined. The users and
 // the chroot apply only when the daemon starts as root; docs/sandboxing.md lists every layer.
 struct SandboxConfig {
@@ -171,7 +183,9 @@ struct SandboxConfig {
     std::filesystem::path root_directory = "/var/lib/cloister/empty";
     SeccompSetting seccomp = SeccompSetting::enforce;
     bool namespaces = true;  // new PID and IPC namespaces, and a network one for memory keys
-    SourceLocation where;    // the [sandbox] table, for errors found at start
+    ConnectionNetwork connection_network = ConnectionNetwork::host;
+    SpawnMode spawn = SpawnMode::fork;
+    SourceLocation where;  // the [sandbox] table, for errors found at start
 };
 
 struct Config {

@@ -21,13 +21,17 @@ struct SandboxLayers {
     std::optional<SandboxUser> network_user;
     std::optional<SandboxUser> key_user;
     std::optional<std::filesystem::path> root;  // the empty root directory; unset likewise
-    bool connection_chroot = false;      // false also when a vhost's backend is a Unix socket path
+    bool connection_chroot = false;
     bool key_chroot = false;             // false also for PKCS#11 keys
     std::optional<SeccompMode> seccomp;  // unset for seccomp = "off"
     SeccompRole key_role = SeccompRole::key_memory;
     bool pid_namespace = false;      // children start as PID 1 of a new PID namespace
     bool ipc_namespace = false;      // children leave the host's IPC namespace
     bool network_namespace = false;  // the key process leaves the host's network namespace
+    // Connection processes join one shared empty network namespace (connection-network =
+    // "none"), whose descriptor the supervisor sets in connection_network_fd once it exists.
+    bool connection_network_none = false;
+    int connection_network_fd = -1;
     // One line per layer that is off, with the reason, such as "user switch and chroot: ...".
     std::vector<std::string> inactive;
 };

@@ -8,15 +8,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
 #include <map>
 #include <optional>
+#include <span>
 #include <thread>
 #include <utility>
 
+#include "core/backend_broker.h"
 #include "core/child_process.h"
 #include "core/connection.h"
 #include "core/error.h"
@@ -86,6 +89,19 @@ void log_vhost_warnings(const VhostTable& vhosts) {
     }
 }
 
+// Every backend with connection-network = "none"; otherwise the Unix socket backends, whose
+// paths the connection processes' chroot hides.
+BrokeredBackends brokered_backends(const Config& config, const SandboxLayers& layers) {
+    if (layers.connection_network_none) {
+        return BrokeredBackends::all;
+    }
+    const bool unix_backend =
+        std::any_of(config.vhosts.begin(), config.vhosts.end(), [](const VhostConfig& vhost) {
+            return vhost.backend.kind == SocketAddress::Kind::unix_socket;
+        });
+    return unix_backend ? BrokeredBackends::unix_sockets : BrokeredBackends::none;
+}
+
 // ---- the supervisor --------------------------------------------------------------------
 
 enum class ChildState {
@@ -98,7 +114,8 @@ struct Child {
     std::uint64_t connection_id = 0;
     Fd status;  // the supervisor's end of the status socket
     ChildState state = ChildState::spare;
-    bool status_open = true;  // false once the status socket reported EOF
+    bool status_open = true;     // false once the status socket reported EOF
+    bool broker_reading = true;  // false once the broker refused a message from it
     Clock::time_point started = Clock::now();
 };
 
@@ -167,10 +184,15 @@ class Supervisor {
     // and checks the TLS stack, then opens the listeners. Returns non-zero when start-up
     // failed.
     int start() {
-        const SandboxLayers layers = decide_sandbox_layers(
+        SandboxLayers layers = decide_sandbox_layers(
             config_, SandboxChecks{.create_root = true, .test_namespaces = true});
+        if (layers.connection_network_none) {
+            connection_network_ = create_empty_network_namespace();
+            layers.connection_network_fd = connection_network_.get();
+        }
         log_sandbox_layers(layers, config_);
         setup_.sandbox = connection_sandbox_plan(layers);
+        setup_.brokered = brokered_backends(config_, layers);
         setup_.pid_namespace = layers.pid_namespace;
         key_ = start_key_process(config_, hooks_, setup_.pid_namespace);
         try {
@@ -195,19 +217,29 @@ class Supervisor {
 
     // ---- events ----
 
+    // True when some backend is connected by the supervisor, so busy children may send a
+    // request.
+    [[nodiscard]] bool brokers_backends() const {
+        return setup_.brokered != BrokeredBackends::none;
+    }
+
     [[nodiscard]] bool stopped() const { return phase_ != Phase::running && children_.empty(); }
 
     void wait_for_events() {
         std::vector<pollfd> fds{{signals_.get(), POLLIN, 0}};
         std::vector<pid_t> pids;
-        // Busy children are not polled: their status sockets carry nothing more, and the
-        // hang-up at their exit would wake the loop before SIGCHLD does.
+        // Busy children are polled only for backend requests: otherwise their status sockets
+        // carry nothing more, and the hang-up at their exit would wake the loop before SIGCHLD
+        // does.
         for (const auto& [pid, child] : children_) {
-            if (child.state != ChildState::busy && child.status_open) {
+            const bool busy_polled = child.broker_reading && brokers_backends();
+            if ((child.state != ChildState::busy || busy_polled) && child.status_open) {
                 fds.push_back({child.status.get(), POLLIN, 0});
                 pids.push_back(pid);
             }
         }
+        const std::size_t broker_first = fds.size();
+        broker_.poll_fds(fds);
         if (poll(fds.data(), fds.size(), next_timeout()) < 0) {
             if (errno == EINTR) {
                 return;
@@ -215,11 +247,12 @@ class Supervisor {
             throw_system_error("poll failed");
         }
         // Status messages first: a child that accepted and exited at once is counted.
-        for (std::size_t i = 1; i < fds.size(); ++i) {
+        for (std::size_t i = 1; i < broker_first; ++i) {
             if (fds[i].revents != 0) {
                 read_status(pids[i - 1]);
             }
         }
+        broker_.handle_poll(std::span(fds).subspan(broker_first));
         if (fds[0].revents != 0) {
             handle_signals();
         }
@@ -235,6 +268,7 @@ class Supervisor {
         };
         consider(key_restart_at_);
         consider(spare_retry_at_);
+        consider(broker_.next_deadline());
         if (phase_ == Phase::draining || phase_ == Phase::terminating) {
             consider(phase_deadline_);
         }
@@ -251,8 +285,11 @@ class Supervisor {
             return;
         }
         Child& child = found->second;
-        std::uint8_t message = 0;
-        const ssize_t received = recv(child.status.get(), &message, 1, MSG_DONTWAIT);
+        std::array<std::uint8_t, backend_message_size> buffer{};
+        // MSG_TRUNC: the size of the whole message, even when it is longer than the buffer.
+        const ssize_t received =
+            recv(child.status.get(), buffer.data(), buffer.size(), MSG_DONTWAIT | MSG_TRUNC);
+        const std::uint8_t message = buffer[0];
         if (received == 1 && message == static_cast<std::uint8_t>(StatusMessage::accepted)) {
             child.state = ChildState::busy;
             ++served_;
@@ -260,6 +297,14 @@ class Supervisor {
         } else if (received == 0 || (received < 0 && errno != EAGAIN && errno != EINTR)) {
             // The child is exiting; SIGCHLD follows and reaps it.
             child.status_open = false;
+        } else if (received > 0 && brokers_backends()) {
+            const auto size = static_cast<std::size_t>(received);
+            const BrokerClient client{child.connection_id, child.status.get(),
+                                      child.state == ChildState::busy};
+            const BrokerVerdict verdict = broker_.handle_message(
+                client, std::span(buffer).first(std::min(size, buffer.size())), size,
+                setup_.backends, config_.limits.backend_connect_timeout);
+            child.broker_reading = verdict == BrokerVerdict::keep_reading;
         } else if (received == 1) {
             spdlog::warn("connection process {} sent an unknown status message {:#04x}", pid,
                          message);
@@ -342,6 +387,7 @@ class Supervisor {
             !stopped_by_supervisor(status)) {
             spare_failed(pid, found->second);
         }
+        broker_.forget(id);
         children_.erase(found);  // closes the status socket
     }
 
@@ -535,6 +581,7 @@ class Supervisor {
         if (spare_retry_at_ && now >= *spare_retry_at_) {
             spare_retry_at_.reset();
         }
+        broker_.handle_timeouts(now);
         if (phase_ == Phase::draining && now >= phase_deadline_ && !children_.empty()) {
             spdlog::warn(
                 "drain timeout of {} ms passed; sending SIGTERM to {} connection "
@@ -576,6 +623,8 @@ class Supervisor {
     std::optional<Clock::time_point> key_restart_at_;
     std::optional<Clock::time_point> spare_retry_at_;
     ConnectionSetup setup_;  // the sandbox plan and backend addresses of connection processes
+    Fd connection_network_;  // the empty network namespace of connection-network = "none"
+    BackendBroker broker_;
     RestartBackoff spare_backoff_{spare_backoff_first, spare_backoff_max};
     RestartBackoff key_backoff_{key_restart_backoff, key_restart_backoff_max};
 };
