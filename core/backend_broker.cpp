@@ -18,7 +18,7 @@ namespace {
 using std::chrono::milliseconds;
 
 // The connection process waits this much longer than the connect timeout for the reply, as
-// the supervisor answers from its loop.
+// the supervisor replies from its loop.
 constexpr milliseconds reply_margin{1'000};
 
 BackendMessage encode_message(std::uint8_t tag, std::uint32_t value) {
@@ -147,20 +147,20 @@ BrokerVerdict BackendBroker::handle_message(const BrokerClient& client,
     const std::optional<std::uint32_t> index =
         message_size == message.size() ? parse_backend_request(message) : std::nullopt;
     if (!index) {
-        refuse(client, EBADMSG,
+        reject(client, EBADMSG,
                fmt::format("a malformed message of {} bytes is no backend request", message_size));
         return BrokerVerdict::stop_reading;
     }
     if (!client.serving) {
-        refuse(client, EPERM, "the process has not accepted a client");
+        reject(client, EPERM, "the process has not accepted a client");
         return BrokerVerdict::stop_reading;
     }
     if (!requested_.insert(client.connection_id).second) {
-        refuse(client, EALREADY, "a connection gets one backend request, and this is another");
+        reject(client, EALREADY, "a connection gets one backend request, and this is another");
         return BrokerVerdict::stop_reading;
     }
     if (*index >= table.size()) {
-        refuse(client, EINVAL,
+        reject(client, EINVAL,
                fmt::format("vhost index {} is out of range ({} vhosts)", *index, table.size()));
         return BrokerVerdict::keep_reading;
     }
@@ -185,9 +185,9 @@ BrokerVerdict BackendBroker::handle_message(const BrokerClient& client,
     return BrokerVerdict::keep_reading;
 }
 
-void BackendBroker::refuse(const BrokerClient& client, int error_number,
+void BackendBroker::reject(const BrokerClient& client, int error_number,
                            const std::string& reason) const {
-    spdlog::warn("connection {}: refused a backend request: {}", client.connection_id, reason);
+    spdlog::warn("connection {}: rejected a backend request: {}", client.connection_id, reason);
     const BackendMessage reply = encode_backend_reply(error_number);
     // A process that does not read its replies cannot stall the supervisor.
     send(client.status_fd, reply.data(), reply.size(), MSG_NOSIGNAL | MSG_DONTWAIT);

@@ -76,7 +76,7 @@ class BackendBroker {
     // Treats message as untrusted input: a well-formed request, from a serving process, its
     // first, for a vhost index in table, starts a connect that ends within connect_timeout.
     // Anything else gets an error reply and a warning naming the connection id. Every message
-    // after the first is refused and ends the reading (stop_reading). message_size is the
+    // after the first is rejected and ends the reading (stop_reading). message_size is the
     // size the datagram had, which may exceed message.size() when it was truncated.
     BrokerVerdict handle_message(const BrokerClient& client, std::span<const std::uint8_t> message,
                                  std::size_t message_size, const BackendTable& table,
@@ -109,7 +109,7 @@ class BackendBroker {
         int last_error = 0;
     };
 
-    void refuse(const BrokerClient& client, int error_number, const std::string& reason) const;
+    void reject(const BrokerClient& client, int error_number, const std::string& reason) const;
     // Tries the remaining addresses until one connects, one is in progress, or none is left.
     void advance(std::uint64_t connection_id, Pending& pending);
     void finish(std::uint64_t connection_id, Pending& pending, int error_number);

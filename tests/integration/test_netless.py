@@ -286,11 +286,11 @@ class RogueBrokerRequestTest(BrokerDaemonTest):
         mark = self.daemon.log_mark()
         status.send(request(99))
         self.assertEqual(reply_error(status), errno.EINVAL)
-        self.daemon.wait_for_log(rf"connection {connection_id}: refused a backend request: "
+        self.daemon.wait_for_log(rf"connection {connection_id}: rejected a backend request: "
                                  r"vhost index 99 is out of range \(3 vhosts\)", mark)
         status.send(request(0))
         self.assertEqual(reply_error(status), errno.EALREADY)
-        self.daemon.wait_for_log(rf"connection {connection_id}: refused a backend request: a "
+        self.daemon.wait_for_log(rf"connection {connection_id}: rejected a backend request: a "
                                  r"connection gets one backend request", mark)
         self.assertEqual(self.backend.connections, connections_before)
         self.assert_still_serving()
@@ -302,7 +302,7 @@ class RogueBrokerRequestTest(BrokerDaemonTest):
         self.assertEqual(reply_error(status), 0)
         status.send(request(0))
         self.assertEqual(reply_error(status), errno.EALREADY)
-        self.daemon.wait_for_log(rf"connection {connection_id}: refused a backend request: a "
+        self.daemon.wait_for_log(rf"connection {connection_id}: rejected a backend request: a "
                                  r"connection gets one backend request", mark)
         self.assert_still_serving()
 
@@ -311,7 +311,7 @@ class RogueBrokerRequestTest(BrokerDaemonTest):
         mark = self.daemon.log_mark()
         status.send(b"\x00garbage\xff bytes " * 20)
         self.assertEqual(reply_error(status), errno.EBADMSG)
-        self.daemon.wait_for_log(rf"connection {connection_id}: refused a backend request: a "
+        self.daemon.wait_for_log(rf"connection {connection_id}: rejected a backend request: a "
                                  r"malformed message of 320 bytes", mark)
         self.assert_still_serving()
 

@@ -246,7 +246,7 @@ TEST(BackendBroker, UnresolvedBackendFails) {
     EXPECT_NE(harness.reply_error(), 0);
 }
 
-TEST(BackendBroker, OutOfRangeIndexRefused) {
+TEST(BackendBroker, OutOfRangeIndexRejected) {
     const BackendTable table{{closed_port()}};
     BrokerHarness harness;
     EXPECT_EQ(harness.send_raw(encode_backend_request(1), table), BrokerVerdict::keep_reading);
@@ -257,7 +257,7 @@ TEST(BackendBroker, OutOfRangeIndexRefused) {
     EXPECT_EQ(harness.broker.pending(), 0U);
 }
 
-TEST(BackendBroker, SecondRequestRefused) {
+TEST(BackendBroker, SecondRequestRejected) {
     const TcpListener listener;
     const BackendTable table{{listener.address}};
     BrokerHarness harness;
@@ -267,11 +267,11 @@ TEST(BackendBroker, SecondRequestRefused) {
     EXPECT_EQ(harness.reply_error(), EALREADY);
 }
 
-TEST(BackendBroker, MalformedMessagesRefused) {
+TEST(BackendBroker, MalformedMessagesRejected) {
     const BackendTable table{{closed_port()}};
     const std::vector<std::vector<std::uint8_t>> inputs{
         {'B', 0, 0, 0},        // short
-        {'B', 0, 0, 0, 0, 0},  // long: truncated to 5 bytes, still refused
+        {'B', 0, 0, 0, 0, 0},  // long: truncated to 5 bytes, still rejected
         {'X', 0, 0, 0, 0},     // wrong tag
         {'C', 0, 0, 0, 0},     // a reply sent back
         {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
@@ -284,7 +284,7 @@ TEST(BackendBroker, MalformedMessagesRefused) {
     }
 }
 
-TEST(BackendBroker, RequestBeforeAcceptRefused) {
+TEST(BackendBroker, RequestBeforeAcceptRejected) {
     const BackendTable table{{closed_port()}};
     BrokerHarness harness;
     EXPECT_EQ(harness.send_raw(encode_backend_request(0), table, false),
