@@ -22,6 +22,7 @@
 #include "core/backend_broker.h"
 #include "core/child_process.h"
 #include "core/connection.h"
+#include "core/connection_exec.h"
 #include "core/error.h"
 #include "core/key_process_handle.h"
 #include "core/listener.h"
@@ -204,6 +205,9 @@ class Supervisor {
             return startup_failure_status(error, key_);
         }
         setup_.backends = resolve_backends(config_);
+        if (config_.sandbox.spawn == SpawnMode::exec) {
+            prepare_exec_spawn();
+        }
         listeners_ = open_listeners(config_.listeners);
         for (const Listener& listener : listeners_) {
             spdlog::info("listening on {}", listener.address);
@@ -213,6 +217,15 @@ class Supervisor {
             "pid {}",
             version(), stack_->name(), listeners_.size(), config_.vhosts.size(), key_.pid);
         return 0;
+    }
+
+    // An exec'd connection process has no copy of the resolved backend addresses, so the
+    // supervisor connects every backend for it.
+    void prepare_exec_spawn() {
+        exec_.emplace(ExecSpawn{open_own_executable(), hooks_.config_digest(config_)});
+        setup_.brokered = BrokeredBackends::all;
+        spdlog::info("spawn = \"exec\": connection processes start from {} with config digest {}",
+                     config_.source.string(), exec_->digest);
     }
 
     // ---- events ----
@@ -517,6 +530,9 @@ class Supervisor {
             // listeners over.
             ConnectionChannels channels{std::move(listeners_), std::move(child_key_end),
                                         std::move(child_status_end), id};
+            if (exec_) {
+                exec_connection_process(*exec_, config_, channels, setup_);
+            }
             run_connection_process(config_, *stack_, std::move(channels), setup_);
         }
         children_.emplace(pid, Child{id, std::move(status_end), ChildState::spare, true});
@@ -624,6 +640,7 @@ class Supervisor {
     std::optional<Clock::time_point> spare_retry_at_;
     ConnectionSetup setup_;  // the sandbox plan and backend addresses of connection processes
     Fd connection_network_;  // the empty network namespace of connection-network = "none"
+    std::optional<ExecSpawn> exec_;  // set for spawn = "exec"
     BackendBroker broker_;
     RestartBackoff spare_backoff_{spare_backoff_first, spare_backoff_max};
     RestartBackoff key_backoff_{key_restart_backoff, key_restart_backoff_max};

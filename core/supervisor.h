@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "core/config.h"
 #include "core/fd.h"
@@ -18,6 +19,9 @@ struct SupervisorHooks {
     std::function<int(const Config&, Fd control)> key_process_main;
     // Builds the TLS stack named by config.server.tls_backend.
     std::function<std::unique_ptr<TlsStack>(const Config&, const VhostTable&)> make_tls_stack;
+    // Returns the digest of the config file and every certificate chain file it names, for
+    // spawn = "exec" (core/connection_exec.h).
+    std::function<std::string(const Config&)> config_digest;
 };
 
 // Exit statuses of run_supervisor and check_config, and of the cloister command;

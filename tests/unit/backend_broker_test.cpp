@@ -43,6 +43,19 @@ struct TcpListener {
     }
 };
 
+// A listener whose accept queue is full, so that the kernel drops new SYNs and a connect to
+// it stays in progress.
+struct FullListener : TcpListener {
+    std::vector<Fd> fillers;
+
+    FullListener() : TcpListener(0) {
+        for (int i = 0; i < 4; ++i) {
+            fillers.emplace_back(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+            ::connect(fillers.back().get(), address.get(), address.length);
+        }
+    }
+};
+
 // An address on 127.0.0.1 where nothing listens: the port of a listener that was closed.
 ResolvedAddress closed_port() {
     const TcpListener listener;
@@ -292,14 +305,8 @@ TEST(BackendBroker, RequestBeforeAcceptRejected) {
     EXPECT_EQ(harness.reply_error(), EPERM);
 }
 
-// A listener whose accept queue is full drops new SYNs, so a connect to it stays in progress.
 TEST(BackendBroker, ConnectTimesOutWithoutBlocking) {
-    const TcpListener listener(0);
-    std::vector<Fd> fillers;
-    for (int i = 0; i < 4; ++i) {
-        fillers.emplace_back(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-        ::connect(fillers.back().get(), listener.address.get(), listener.address.length);
-    }
+    const FullListener listener;
     const BackendTable table{{listener.address}};
     BrokerHarness harness;
     const auto before = std::chrono::steady_clock::now();
@@ -313,12 +320,7 @@ TEST(BackendBroker, ConnectTimesOutWithoutBlocking) {
 }
 
 TEST(BackendBroker, ForgetDropsPendingConnect) {
-    const TcpListener listener(0);
-    std::vector<Fd> fillers;
-    for (int i = 0; i < 4; ++i) {
-        fillers.emplace_back(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-        ::connect(fillers.back().get(), listener.address.get(), listener.address.length);
-    }
+    const FullListener listener;
     const BackendTable table{{listener.address}};
     BrokerHarness harness;
     harness.send_raw(encode_backend_request(0), table);
