@@ -13,6 +13,7 @@
 #include <charconv>
 #include <climits>
 #include <csignal>
+#include <cstring>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -112,6 +113,25 @@ std::optional<int> wait_for_exit(pid_t pid, std::chrono::milliseconds timeout) {
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
+}
+
+ssize_t send_with_descriptor(int socket_fd, std::span<const std::uint8_t> bytes, int fd) {
+    // sendmsg does not write through msg_iov, whose pointer is not const only in the C API.
+    iovec data{const_cast<std::uint8_t*>(bytes.data()), bytes.size()};
+    alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(int))> control{};
+    msghdr header{};
+    header.msg_iov = &data;
+    header.msg_iovlen = 1;
+    if (fd >= 0) {
+        header.msg_control = control.data();
+        header.msg_controllen = control.size();
+        cmsghdr* descriptor = CMSG_FIRSTHDR(&header);
+        descriptor->cmsg_level = SOL_SOCKET;
+        descriptor->cmsg_type = SCM_RIGHTS;
+        descriptor->cmsg_len = CMSG_LEN(sizeof(int));
+        std::memcpy(CMSG_DATA(descriptor), &fd, sizeof(fd));
+    }
+    return sendmsg(socket_fd, &header, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 std::pair<Fd, Fd> make_seqpacket_pair() {

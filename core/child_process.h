@@ -4,7 +4,9 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,6 +33,10 @@ void close_descriptors_except(std::vector<int> keep);
 // Creates an AF_UNIX SOCK_SEQPACKET socket pair, both ends close-on-exec. Throws
 // Error(system) when socketpair() fails.
 std::pair<Fd, Fd> make_seqpacket_pair();
+
+// Sends bytes as one message on socket_fd with MSG_NOSIGNAL and MSG_DONTWAIT, and with fd in
+// SCM_RIGHTS when fd is not negative. Returns what sendmsg returns.
+ssize_t send_with_descriptor(int socket_fd, std::span<const std::uint8_t> bytes, int fd);
 
 // Returns "SIGKILL" for 9, or "signal N" for a number without a name.
 std::string signal_name(int signal_number);

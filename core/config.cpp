@@ -710,6 +710,12 @@ constexpr std::array<Choice<SeccompSetting>, 3> kSeccompSettings{
      {"log", SeccompSetting::log},
      {"off", SeccompSetting::off}}};
 
+constexpr std::array<Choice<ConnectionNetwork>, 2> kConnectionNetworks{
+    {{"host", ConnectionNetwork::host}, {"none", ConnectionNetwork::none}}};
+
+constexpr std::array<Choice<SpawnMode>, 2> kSpawnModes{
+    {{"fork", SpawnMode::fork}, {"exec", SpawnMode::exec}}};
+
 // The portable user name characters of POSIX (letters, digits, '.', '_', '-'), not starting
 // with '-', and at most 32 bytes as useradd on Debian accepts.
 bool is_user_name(std::string_view name) {
@@ -777,6 +783,9 @@ SandboxConfig read_sandbox(const Section& section, const LimitsConfig& limits) {
     sandbox.seccomp = section.choice("seccomp", kSeccompSettings).value_or(sandbox.seccomp);
     sandbox.namespaces = section.boolean("namespaces").value_or(sandbox.namespaces);
     sandbox.connection_uids = read_connection_uids(section, limits);
+    sandbox.connection_network = section.choice("connection-network", kConnectionNetworks)
+                                     .value_or(sandbox.connection_network);
+    sandbox.spawn = section.choice("spawn", kSpawnModes).value_or(sandbox.spawn);
     return sandbox;
 }
 
@@ -1124,7 +1133,8 @@ Config read_config(const Section& top) {
     config.keys = read_keys(top, config.key_process);
     config.vhosts = read_vhosts(top, config.keys);
     if (const auto section = top.table("sandbox", {"network-user", "key-user", "root-directory",
-                                                   "seccomp", "namespaces", "connection-uids"})) {
+                                                   "seccomp", "namespaces", "connection-uids",
+                                                   "connection-network", "spawn"})) {
         config.sandbox = read_sandbox(*section, config.limits);
     }
     return config;

@@ -164,6 +164,18 @@ enum class SeccompSetting {
     off,      // no filter is installed
 };
 
+// The network namespace of the connection processes.
+enum class ConnectionNetwork {
+    host,  // the host's: a connection process connects to TCP backends itself
+    none,  // one shared empty namespace: the supervisor connects every backend for it
+};
+
+// How the supervisor starts a connection process.
+enum class SpawnMode {
+    fork,  // fork(): the process starts as a copy of the supervisor
+    exec,  // fork() and fexecve() of the supervisor's own binary: a fresh address space
+};
+
 // [sandbox]: how the key process and the connection processes are confined. The users and
 // the chroot apply only when the daemon starts as root; docs/sandboxing.md lists every layer.
 struct SandboxConfig {
@@ -177,6 +189,8 @@ struct SandboxConfig {
     // The ids that connection processes run as, one per live process; unset: all run as
     // network_user.
     std::optional<UidRange> connection_uids;
+    ConnectionNetwork connection_network = ConnectionNetwork::host;
+    SpawnMode spawn = SpawnMode::fork;
     SourceLocation where;  // the [sandbox] table, for errors found at start
 };
 

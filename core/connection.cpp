@@ -15,6 +15,7 @@
 #include <thread>
 #include <utility>
 
+#include "core/backend_broker.h"
 #include "core/child_process.h"
 #include "core/error.h"
 #include "core/key_client.h"
@@ -61,12 +62,6 @@ bool wait_until(int fd, short events, Clock::time_point deadline) {
 
 short wait_events(IoStatus status) {
     return status == IoStatus::want_write ? POLLOUT : POLLIN;
-}
-
-void set_no_delay(int fd) {
-    const int on = 1;
-    // Only TCP sockets have the option; a Unix socket reports an error, which is harmless.
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
 }
 
 // ---- waiting as a spare and accepting -------------------------------------------------
@@ -212,13 +207,20 @@ void prepare_connection_process(const Config& config, TlsStack& stack,
     for (const Listener& listener : channels.listeners) {
         keep.push_back(listener.fd.get());
     }
+    const int network_fd = setup.sandbox ? setup.sandbox->namespaces.join_network : -1;
+    if (network_fd >= 0) {
+        keep.push_back(network_fd);
+    }
     close_descriptors_except(std::move(keep));
     confine_connection_process(setup, channels.connection_id);
+    if (network_fd >= 0) {
+        ::close(network_fd);
+    }
 }
 
 ConnectionSummary serve_client(const Config& config, TlsStack& stack, int client_fd,
                                std::string peer, std::uint64_t connection_id,
-                               const ConnectionSetup& setup);
+                               const ConnectionSetup& setup, int status_fd);
 
 int connection_process_main(const Config& config, TlsStack& stack, ConnectionChannels channels,
                             const ConnectionSetup& setup) {
@@ -237,7 +239,8 @@ int connection_process_main(const Config& config, TlsStack& stack, ConnectionCha
     KeyClient key_client(std::move(channels.key_channel), config.limits.key_operation_timeout);
     stack.use_key_client(key_client);
     const ConnectionSummary summary =
-        serve_client(config, stack, client->fd.get(), client->peer, channels.connection_id, setup);
+        serve_client(config, stack, client->fd.get(), client->peer, channels.connection_id, setup,
+                     channels.status.get());
     spdlog::info("{}", format_summary(summary));
     return 0;
 }
@@ -258,16 +261,17 @@ std::string describe_handshake_failure(const IoResult& result) {
 
 class Connection {
   public:
-    // backends: the resolved backend addresses by vhost index, or nullptr to resolve the
-    // vhost's backend when connecting.
+    // setup: the backend addresses and the brokered backends, or nullptr to resolve the
+    // vhost's backend when connecting. status_fd: the status socket, for brokered backends.
     Connection(const Config& config, TlsStack& stack, int client_fd, std::string peer,
-               std::uint64_t connection_id,
-               const std::vector<std::vector<ResolvedAddress>>* backends = nullptr)
+               std::uint64_t connection_id, const ConnectionSetup* setup = nullptr,
+               int status_fd = -1)
         : config_(config),
           stack_(stack),
           client_fd_(client_fd),
           connection_id_(connection_id),
-          backends_(backends),
+          setup_(setup),
+          status_fd_(status_fd),
           started_(Clock::now()) {
         summary_.peer = std::move(peer);
     }
@@ -356,10 +360,20 @@ class Connection {
 
     Fd connect_to_backend() {
         const milliseconds timeout = config_.limits.backend_connect_timeout;
-        if (backends_ == nullptr) {
-            return connect_backend(config_.vhosts.at(vhost_index_).backend, timeout);
+        const SocketAddress& backend = config_.vhosts.at(vhost_index_).backend;
+        if (setup_ != nullptr && brokered(setup_->brokered, backend)) {
+            return request_backend(status_fd_, static_cast<std::uint32_t>(vhost_index_), timeout);
         }
-        return connect_backend(backends_->at(vhost_index_), timeout);
+        if (setup_ == nullptr || setup_->backends.empty()) {
+            return connect_backend(backend, timeout);
+        }
+        return connect_backend(setup_->backends.at(vhost_index_), timeout);
+    }
+
+    static bool brokered(BrokeredBackends brokered, const SocketAddress& backend) {
+        return brokered == BrokeredBackends::all ||
+               (brokered == BrokeredBackends::unix_sockets &&
+                backend.kind == SocketAddress::Kind::unix_socket);
     }
 
     void record_proxy_end(const ProxyResult& result) {
@@ -406,7 +420,8 @@ class Connection {
     TlsStack& stack_;
     int client_fd_;
     std::uint64_t connection_id_;
-    const std::vector<std::vector<ResolvedAddress>>* backends_;
+    const ConnectionSetup* setup_;
+    int status_fd_;
     Clock::time_point started_;
     std::unique_ptr<TlsSession> session_;
     std::size_t vhost_index_ = 0;
@@ -443,9 +458,9 @@ Fd connect_one(const ResolvedAddress& address, Clock::time_point deadline, milli
 
 ConnectionSummary serve_client(const Config& config, TlsStack& stack, int client_fd,
                                std::string peer, std::uint64_t connection_id,
-                               const ConnectionSetup& setup) {
-    Connection connection(config, stack, client_fd, std::move(peer), connection_id,
-                          setup.backends.empty() ? nullptr : &setup.backends);
+                               const ConnectionSetup& setup, int status_fd) {
+    Connection connection(config, stack, client_fd, std::move(peer), connection_id, &setup,
+                          status_fd);
     return connection.run();
 }
 

@@ -30,6 +30,14 @@ struct ConnectionChannels {
     std::uint64_t connection_id = 0;
 };
 
+// The backends that the supervisor connects for a connection process (core/backend_broker.h)
+// instead of the process itself.
+enum class BrokeredBackends {
+    none,          // the process connects every backend itself
+    unix_sockets,  // Unix socket backends, whose paths an empty chroot hides
+    all,           // every backend: the process has no network (connection-network = "none")
+};
+
 // The state the supervisor prepares once, at start, for every connection process.
 struct ConnectionSetup {
     // The addresses of each vhost's backend, in the order of Config::vhosts, resolved by the
@@ -38,6 +46,7 @@ struct ConnectionSetup {
     std::vector<std::vector<ResolvedAddress>> backends;
     std::optional<SandboxPlan> sandbox;  // unset: the process is not confined
     bool pid_namespace = false;          // the process is PID 1 of its own PID namespace
+    BrokeredBackends brokered = BrokeredBackends::none;
 };
 
 // Runs a connection process from just after fork() to its exit. The process waits on the
@@ -48,7 +57,8 @@ struct ConnectionSetup {
                                          ConnectionChannels channels) noexcept;
 
 // Same as above, and before waiting for a client the process confines itself with
-// setup.sandbox and connects to backends only at the addresses in setup.backends.
+// setup.sandbox. It connects to backends only at the addresses in setup.backends, or asks the
+// supervisor on its status socket for those that setup.brokered names.
 [[noreturn]] void run_connection_process(const Config& config, TlsStack& stack,
                                          ConnectionChannels channels,
                                          const ConnectionSetup& setup) noexcept;

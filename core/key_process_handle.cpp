@@ -57,22 +57,9 @@ constexpr std::uint64_t self_check_connection_id = 0;
 
 void send_attach(int control_fd, const Fd& channel, std::uint64_t connection_id,
                  std::uint32_t flags) {
-    auto message = keyproto::encode(keyproto::Attach{connection_id, flags});
-    iovec data{message.data(), message.size()};
-    alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(int))> control{};
-    msghdr header{};
-    header.msg_iov = &data;
-    header.msg_iovlen = 1;
-    header.msg_control = control.data();
-    header.msg_controllen = control.size();
-    cmsghdr* descriptor = CMSG_FIRSTHDR(&header);
-    descriptor->cmsg_level = SOL_SOCKET;
-    descriptor->cmsg_type = SCM_RIGHTS;
-    descriptor->cmsg_len = CMSG_LEN(sizeof(int));
-    const int fd = channel.get();
-    std::memcpy(CMSG_DATA(descriptor), &fd, sizeof(fd));
+    const auto message = keyproto::encode(keyproto::Attach{connection_id, flags});
     // MSG_DONTWAIT: a key process that stops reading must not stall the supervisor.
-    const ssize_t sent = sendmsg(control_fd, &header, MSG_NOSIGNAL | MSG_DONTWAIT);
+    const ssize_t sent = send_with_descriptor(control_fd, message, channel.get());
     if (sent != static_cast<ssize_t>(message.size())) {
         throw Error(ErrorKind::io,
                     fmt::format("attaching the key channel of connection {} failed: {}",

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 
@@ -191,6 +192,12 @@ std::string format_address(const sockaddr* address, socklen_t length) {
         default:
             return "address family " + std::to_string(address->sa_family);
     }
+}
+
+void set_no_delay(int fd) {
+    const int on = 1;
+    // Only TCP sockets have the option; a Unix socket reports an error, which is harmless.
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
 }
 
 std::string format_local_address(int fd) {

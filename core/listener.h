@@ -54,6 +54,9 @@ std::string listener_address(const SocketAddress& address);
 // unnamed Unix socket.
 std::string format_address(const sockaddr* address, socklen_t length);
 
+// Turns Nagle's algorithm off on the TCP socket fd; other sockets are left as they are.
+void set_no_delay(int fd);
+
 // Formats the local address of the socket fd.
 std::string format_local_address(int fd);
 

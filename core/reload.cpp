@@ -17,6 +17,10 @@ const char* seccomp_name(SeccompSetting setting) {
     return "unknown";
 }
 
+std::string uid_range_text(const std::optional<UidRange>& range) {
+    return range ? range->to_string() : "none";
+}
+
 // Adds the message of one restart-only key when its value changed.
 void compare(std::vector<std::string>& changes, const SandboxConfig& next, const char* key,
              const std::string& before, const std::string& after) {
@@ -71,6 +75,13 @@ std::vector<std::string> restart_only_changes(const Config& current, const Confi
     compare(changes, after, "seccomp", seccomp_name(before.seccomp), seccomp_name(after.seccomp));
     compare(changes, after, "namespaces", before.namespaces ? "true" : "false",
             after.namespaces ? "true" : "false");
+    compare(changes, after, "connection-uids", uid_range_text(before.connection_uids),
+            uid_range_text(after.connection_uids));
+    compare(changes, after, "connection-network",
+            before.connection_network == ConnectionNetwork::none ? "none" : "host",
+            after.connection_network == ConnectionNetwork::none ? "none" : "host");
+    compare(changes, after, "spawn", before.spawn == SpawnMode::exec ? "exec" : "fork",
+            after.spawn == SpawnMode::exec ? "exec" : "fork");
     return changes;
 }
 

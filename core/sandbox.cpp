@@ -207,6 +207,12 @@ NamespaceResult enter_namespaces(const NamespaceRequest& request) {
     if (request.network) {
         result.network = unshare_one(CLONE_NEWNET, "network", result);
     }
+    if (request.join_network >= 0) {
+        if (::setns(request.join_network, CLONE_NEWNET) != 0) {
+            throw_system_error("setns into the empty network namespace of connection processes");
+        }
+        result.network = true;
+    }
     return result;
 }
 

@@ -54,6 +54,10 @@ void check_empty_root(const std::filesystem::path& dir, std::span<const SandboxU
 struct NamespaceRequest {
     bool ipc = false;
     bool network = false;
+    // setns() into this network namespace, such as the shared empty one of
+    // create_empty_network_namespace() (core/sandbox_spawn.h); -1 for none. A socket stays in
+    // the namespace it was created in, so inherited listeners keep working.
+    int join_network = -1;
 };
 
 struct NamespaceResult {
@@ -65,7 +69,8 @@ struct NamespaceResult {
 };
 
 // Leaves the host's IPC and network namespaces as requested. A namespace the host forbids is
-// reported in the result instead of thrown; any other failure throws Error(system).
+// reported in the result instead of thrown; any other failure throws Error(system), as does a
+// failed join_network, which the caller asked for explicitly.
 NamespaceResult enter_namespaces(const NamespaceRequest& request);
 
 // Makes dir the root and the working directory (chdir, chroot, chdir "/"). Needs

@@ -88,29 +88,41 @@ void decide_root(const Config& config, SandboxChecks checks, SandboxLayers& laye
     layers.root = dir;
 }
 
-const VhostConfig* first_unix_backend(const Config& config) {
-    const auto found = std::find_if(config.vhosts.begin(), config.vhosts.end(), [](const auto& v) {
-        return v.backend.kind == SocketAddress::Kind::unix_socket;
-    });
-    return found == config.vhosts.end() ? nullptr : &*found;
-}
-
-void decide_chroots(const Config& config, SandboxLayers& layers) {
-    const VhostConfig* unix_backend = first_unix_backend(config);
-    layers.connection_chroot = unix_backend == nullptr;
-    if (unix_backend != nullptr) {
-        // TODO: hand the backend socket in from the supervisor so that this chroot stays on.
-        layers.inactive.push_back(fmt::format(
-            "chroot of connection processes: the backend {} of vhost {} is a Unix socket path, "
-            "which an empty chroot hides",
-            unix_backend->backend.text, unix_backend->name));
-    }
+// Connection processes get their Unix socket backends from the supervisor
+// (core/backend_broker.h), so their chroot does not depend on the backends.
+void decide_chroots(SandboxLayers& layers) {
+    layers.connection_chroot = true;
     layers.key_chroot = layers.key_role == SeccompRole::key_memory;
     if (!layers.key_chroot) {
         layers.inactive.push_back(
             "chroot of the key process: a PKCS#11 module reads its token files at every "
             "signature (SoftHSM 2.6), so they must stay reachable");
     }
+}
+
+// connection-network = "none" is asked for explicitly, so a host that cannot give it stops
+// the start instead of turning the layer off.
+void decide_connection_network(const Config& config, SandboxChecks checks, SandboxLayers& layers) {
+    if (config.sandbox.connection_network != ConnectionNetwork::none) {
+        return;
+    }
+    if (::geteuid() != 0) {
+        fail_sandbox(config, "connection-network",
+                     fmt::format("\"none\" needs root (CAP_SYS_ADMIN) to create and enter a "
+                                 "network namespace, and cloister runs as uid {}; start it as "
+                                 "root or set connection-network = \"host\"",
+                                 ::geteuid()));
+    }
+    if (checks.test_namespaces) {
+        const NamespaceSupport support = probe_namespaces();
+        if (!support.network) {
+            fail_sandbox(config, "connection-network",
+                         "\"none\" needs network namespaces, which this host forbids (" +
+                             fmt::format("{}", fmt::join(support.unsupported, "; ")) +
+                             "); set connection-network = \"host\"");
+        }
+    }
+    layers.connection_network_none = true;
 }
 
 void decide_seccomp(const Config& config, SandboxLayers& layers) {
@@ -324,7 +336,7 @@ SandboxLayers decide_sandbox_layers(const Config& config, SandboxChecks checks) 
     if (::geteuid() == 0) {
         decide_users(config, layers);
         decide_root(config, checks, layers);
-        decide_chroots(config, layers);
+        decide_chroots(layers);
     } else {
         layers.inactive.push_back(fmt::format(
             "user switch and chroot: cloister runs as uid {}, and only root can switch users "
@@ -335,6 +347,7 @@ SandboxLayers decide_sandbox_layers(const Config& config, SandboxChecks checks) 
     decide_namespaces(config, checks, layers);
     decide_connection_uids(config, layers);
     check_root_against_range(config, layers);
+    decide_connection_network(config, checks, layers);
     return layers;
 }
 
@@ -345,13 +358,15 @@ unsigned key_process_workers(const KeyProcessConfig& config) {
 SandboxPlan connection_sandbox_plan(const SandboxLayers& layers) {
     SandboxPlan plan;
     plan.namespaces.ipc = layers.ipc_namespace;
+    plan.namespaces.join_network = layers.connection_network_fd;
     if (layers.connection_chroot) {
         plan.root = layers.root;
     }
     plan.limits = connection_process_limits();
     plan.user = layers.network_user;
     if (layers.seccomp) {
-        plan.seccomp = SeccompRole::connection;
+        plan.seccomp = layers.connection_network_none ? SeccompRole::connection_no_network
+                                                      : SeccompRole::connection;
         plan.seccomp_mode = *layers.seccomp;
     }
     return plan;
@@ -391,7 +406,10 @@ void log_sandbox_layers(const SandboxLayers& layers, const Config& config) {
             fmt::format("one uid per process from {} (gid the same, no supplementary groups), ",
                         layers.connection_uids->to_string());
     }
-    spdlog::info("sandbox: connection processes: {}{}", connection_users,
+    spdlog::info("sandbox: connection processes: {}{}{}", connection_users,
+                 layers.connection_network_none
+                     ? "shared empty network namespace (backends connected by the supervisor), "
+                     : "",
                  describe_plan(connection_plan, layers.pid_namespace));
     const unsigned workers = key_process_workers(config.key_process);
     spdlog::info("sandbox: key process: {}",

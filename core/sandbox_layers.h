@@ -22,7 +22,7 @@ struct SandboxLayers {
     std::optional<SandboxUser> network_user;
     std::optional<SandboxUser> key_user;
     std::optional<std::filesystem::path> root;  // the empty root directory; unset likewise
-    bool connection_chroot = false;      // false also when a vhost's backend is a Unix socket path
+    bool connection_chroot = false;
     bool key_chroot = false;             // false also for PKCS#11 keys
     std::optional<SeccompMode> seccomp;  // unset for seccomp = "off"
     SeccompRole key_role = SeccompRole::key_memory;
@@ -32,6 +32,10 @@ struct SandboxLayers {
     // Set: each connection process runs as an id of its own from this range instead of as
     // network_user (assign_connection_uid).
     std::optional<UidRange> connection_uids;
+    // Connection processes join one shared empty network namespace (connection-network =
+    // "none"), whose descriptor the supervisor sets in connection_network_fd once it exists.
+    bool connection_network_none = false;
+    int connection_network_fd = -1;
     // One line per layer that is off, with the reason, such as "user switch and chroot: ...".
     std::vector<std::string> inactive;
 };

@@ -123,6 +123,28 @@ pid_t fork_child(bool pid_namespace) {
     return pid;
 }
 
+Fd create_empty_network_namespace() {
+    const Fd own(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+    if (!own) {
+        throw_system_error("opening /proc/thread-self/ns/net");
+    }
+    if (::unshare(CLONE_NEWNET) != 0) {
+        throw_system_error("unshare(CLONE_NEWNET) for the connection processes' namespace");
+    }
+    Fd empty(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+    const int open_error = errno;
+    if (::setns(own.get(), CLONE_NEWNET) != 0) {
+        // The supervisor would open its listeners and connect backends in the empty
+        // namespace, so this is fatal.
+        throw_system_error("setns back to the supervisor's own network namespace");
+    }
+    if (!empty) {
+        errno = open_error;
+        throw_system_error("opening the new empty network namespace");
+    }
+    return empty;
+}
+
 NamespaceSupport probe_namespaces() {
     std::array<int, 2> pipe_fds{};
     if (::pipe2(pipe_fds.data(), O_CLOEXEC) != 0) {

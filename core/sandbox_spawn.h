@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "core/fd.h"
+
 namespace cloister {
 
 // Forks a child. With pid_namespace, the child is PID 1 of a new PID namespace: the caller's
@@ -32,6 +34,12 @@ struct NamespaceSupport {
 // the IPC and network namespaces, and reports what worked. Throws Error(system) when the test
 // child cannot be started or reaped.
 NamespaceSupport probe_namespaces();
+
+// Creates a network namespace that nothing else joins (only a loopback interface, which
+// stays down) and returns a descriptor of it, for connection processes to setns() into. The
+// calling thread unshares into it, opens it, and returns to its own network namespace. Needs
+// CAP_SYS_ADMIN; the caller must be single-threaded. Throws Error(system) when a step fails.
+Fd create_empty_network_namespace();
 
 // Makes SIGTERM and SIGALRM end the process with exit status 128 + the signal number.
 // A process that is PID 1 of a PID namespace needs this, because the kernel discards every

@@ -95,7 +95,9 @@ void append(std::vector<Rule>& to, std::vector<Rule> from) {
 //
 // 1. Architecture: libseccomp checks the audit architecture first and applies the bad-arch
 //    action (kill process) to any other ABI, 32-bit int 0x80 and x32 calls included.
-std::vector<Rule> connection_table(pid_t self) {
+// With network = false (connection-network = "none") the table has no socket or connect: the
+// supervisor hands the backend socket in, and the process's network namespace is empty anyway.
+std::vector<Rule> connection_table(pid_t self, bool network) {
     std::vector<Rule> rules{
         // 2. Denied with an errno.
         // clone3 passes its flags in memory, which seccomp cannot read. ENOSYS makes glibc
@@ -116,7 +118,6 @@ std::vector<Rule> connection_table(pid_t self) {
         allow(SCMP_SYS(close)),
         allow(SCMP_SYS(accept)),      // a spare child takes its connection
         allow(SCMP_SYS(accept4)),     // the same, with SOCK_NONBLOCK and SOCK_CLOEXEC
-        allow(SCMP_SYS(connect)),     // the backend, after the handshake
         allow(SCMP_SYS(getsockopt)),  // SO_ERROR after a non-blocking connect
         allow(SCMP_SYS(setsockopt)),  // TCP_NODELAY, keepalive
         allow(SCMP_SYS(getsockname)),
@@ -152,17 +153,24 @@ std::vector<Rule> connection_table(pid_t self) {
         allow_if(SCMP_SYS(tgkill), {arg_is(0, static_cast<std::uint64_t>(self))}),
         // The process title ("cloister: connection 42"); no other prctl option.
         allow_if(SCMP_SYS(prctl), {arg_is(0, PR_SET_NAME)}),
-        // The backend connection: TCP over IPv4 or IPv6, or a Unix stream socket. No raw,
-        // netlink, packet or datagram sockets.
-        allow_stream_socket(AF_INET),
-        allow_stream_socket(AF_INET6),
-        allow_stream_socket(AF_UNIX),
     };
+    if (network) {
+        append(rules, {
+                          // The backend, after the handshake.
+                          allow(SCMP_SYS(connect)),
+                          // The backend connection: TCP over IPv4 or IPv6. No raw, netlink,
+                          // packet, datagram or Unix sockets: the supervisor connects Unix
+                          // socket backends.
+                          allow_stream_socket(AF_INET),
+                          allow_stream_socket(AF_INET6),
+                      });
+    }
     append(rules, memory_rules());
     append(rules, fcntl_rules());
     // 5. Default: kill the process (SIGSYS), or log in SeccompMode::log. Among what falls
     // here: open, openat, execve, execveat, ptrace, process_vm_readv, process_vm_writev,
-    // clone, fork, vfork, kill, socketpair, bind, listen, ioctl, mount, unshare, setns.
+    // clone, fork, vfork, kill, socketpair, bind, listen, ioctl, mount, unshare, setns, and
+    // socket and connect without network.
     return rules;
 }
 
@@ -274,7 +282,9 @@ std::vector<Rule> key_pkcs11_table(pid_t self) {
 std::vector<Rule> table_for(SeccompRole role, pid_t self) {
     switch (role) {
         case SeccompRole::connection:
-            return connection_table(self);
+            return connection_table(self, true);
+        case SeccompRole::connection_no_network:
+            return connection_table(self, false);
         case SeccompRole::key_memory:
             return key_memory_table(self);
         case SeccompRole::key_pkcs11:
@@ -348,6 +358,8 @@ std::string_view to_string(SeccompRole role) noexcept {
     switch (role) {
         case SeccompRole::connection:
             return "connection";
+        case SeccompRole::connection_no_network:
+            return "connection-no-network";
         case SeccompRole::key_memory:
             return "key-memory";
         case SeccompRole::key_pkcs11:

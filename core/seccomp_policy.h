@@ -8,6 +8,9 @@ namespace cloister {
 
 enum class SeccompRole {
     connection,  // one TLS connection: handshake, key channel, backend connect, proxy loop
+    // The same without socket and connect: the supervisor connects the backend
+    // (connection-network = "none").
+    connection_no_network,
     key_memory,  // key process with keys in memory: worker threads and key channels only
     key_pkcs11,  // key process with a PKCS#11 module: key_memory plus what a module needs
 };
@@ -27,7 +30,8 @@ enum class SeccompMode {
 // SIGSYS. The call itself never runs.
 void install_seccomp(SeccompRole role, SeccompMode mode);
 
-// The role's name for log lines: "connection", "key-memory", "key-pkcs11".
+// The role's name for log lines: "connection", "connection-no-network", "key-memory",
+// "key-pkcs11".
 std::string_view to_string(SeccompRole role) noexcept;
 
 }  // namespace cloister

@@ -19,11 +19,14 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <span>
 #include <thread>
 #include <utility>
 
+#include "core/backend_broker.h"
 #include "core/child_process.h"
 #include "core/connection.h"
+#include "core/connection_exec.h"
 #include "core/error.h"
 #include "core/key_process_handle.h"
 #include "core/listener.h"
@@ -105,6 +108,19 @@ std::string utc_now() {
     return fmt::format("{:%Y-%m-%dT%H:%M:%SZ}", fmt::gmtime(std::time(nullptr)));
 }
 
+// Every backend with connection-network = "none"; otherwise the Unix socket backends, whose
+// paths the connection processes' chroot hides.
+BrokeredBackends brokered_backends(const Config& config, const SandboxLayers& layers) {
+    if (layers.connection_network_none) {
+        return BrokeredBackends::all;
+    }
+    const bool unix_backend =
+        std::any_of(config.vhosts.begin(), config.vhosts.end(), [](const VhostConfig& vhost) {
+            return vhost.backend.kind == SocketAddress::Kind::unix_socket;
+        });
+    return unix_backend ? BrokeredBackends::unix_sockets : BrokeredBackends::none;
+}
+
 // ---- generations -----------------------------------------------------------------------
 
 // One loaded configuration and what the supervisor built from it for new connections. A
@@ -128,6 +144,10 @@ struct Generation {
     // [sandbox] connection-uids once checked; a restart-only key, so the same in every
     // generation.
     std::optional<UidRange> connection_uids;
+    // The backend table that the broker connects from for this generation's connection
+    // processes; unset when setup.brokered is none.
+    std::shared_ptr<const BackendTable> brokered_backends;
+    std::optional<ExecSpawn> exec;  // set for spawn = "exec"
 };
 
 // The key process of an old generation: it serves the key channels of that generation's
@@ -143,15 +163,22 @@ struct RetiredKeyProcess {
 // the key process and resolves the backends. Throws the Error of check_failure; the key
 // process is stopped by then.
 std::unique_ptr<Generation> build_generation(const Config& config, const SupervisorHooks& hooks,
-                                             std::uint64_t number) {
+                                             std::uint64_t number, Fd* connection_network) {
     auto generation = std::make_unique<Generation>();
     generation->number = number;
     generation->config = config;
     generation->loaded_at = utc_now();
-    const SandboxLayers layers = decide_sandbox_layers(
+    SandboxLayers layers = decide_sandbox_layers(
         generation->config, SandboxChecks{.create_root = true, .test_namespaces = true});
+    if (layers.connection_network_none && connection_network != nullptr) {
+        if (!*connection_network) {
+            *connection_network = create_empty_network_namespace();
+        }
+        layers.connection_network_fd = connection_network->get();
+    }
     log_sandbox_layers(layers, generation->config);
     generation->setup.sandbox = connection_sandbox_plan(layers);
+    generation->setup.brokered = brokered_backends(generation->config, layers);
     generation->setup.pid_namespace = layers.pid_namespace;
     generation->connection_uids = layers.connection_uids;
     generation->key = start_key_process(generation->config, hooks, layers.pid_namespace);
@@ -164,6 +191,17 @@ std::unique_ptr<Generation> build_generation(const Config& config, const Supervi
         throw check_failure(error, generation->key);
     }
     generation->setup.backends = resolve_backends(generation->config);
+    if (generation->config.sandbox.spawn == SpawnMode::exec) {
+        generation->exec.emplace(
+            ExecSpawn{open_own_executable(), hooks.config_digest(generation->config)});
+        generation->setup.brokered = BrokeredBackends::all;
+        spdlog::info(R"(spawn = "exec": connection processes start from {} with config digest {})",
+                     generation->config.source.string(), generation->exec->digest);
+    }
+    if (generation->setup.brokered != BrokeredBackends::none) {
+        generation->brokered_backends =
+            std::make_shared<const BackendTable>(generation->setup.backends);
+    }
     return generation;
 }
 
@@ -191,10 +229,15 @@ struct Child {
     std::uint64_t connection_id = 0;
     Fd status;  // the supervisor's end of the status socket
     ChildState state = ChildState::spare;
-    bool status_open = true;  // false once the status socket reported EOF
+    bool status_open = true;     // false once the status socket reported EOF
+    bool broker_reading = true;  // false once the broker refused a message from it
     Clock::time_point started = Clock::now();
     std::uint64_t generation = 0;  // the generation it was forked with
     std::optional<uid_t> uid;      // from [sandbox] connection-uids; unset: network-user
+    // Its generation's backend table when the supervisor connects its backends, and the
+    // connect timeout of that generation.
+    std::shared_ptr<const BackendTable> brokered_backends;
+    milliseconds backend_connect_timeout{0};
 };
 
 struct ChildCounts {
@@ -265,7 +308,7 @@ class Supervisor {
     // the listeners. Returns non-zero when start-up failed.
     int start() {
         try {
-            current_ = build_generation(initial_config_, hooks_, 1);
+            current_ = build_generation(initial_config_, hooks_, 1, &connection_network_);
         } catch (const Error& error) {
             return startup_failure_status(error);
         }
@@ -283,21 +326,29 @@ class Supervisor {
         return 0;
     }
 
+    // An exec'd connection process has no copy of the resolved backend addresses, so the
+    // supervisor connects every backend for it.
     // ---- events ----
 
+    // True when some backend is connected by the supervisor, so busy children may send a
+    // request.
     [[nodiscard]] bool stopped() const { return phase_ != Phase::running && children_.empty(); }
 
     void wait_for_events() {
         std::vector<pollfd> fds{{signals_.get(), POLLIN, 0}};
         std::vector<pid_t> pids;
-        // Busy children are not polled: their status sockets carry nothing more, and the
-        // hang-up at their exit would wake the loop before SIGCHLD does.
+        // Busy children are polled only for backend requests: otherwise their status sockets
+        // carry nothing more, and the hang-up at their exit would wake the loop before SIGCHLD
+        // does.
         for (const auto& [pid, child] : children_) {
-            if (child.state != ChildState::busy && child.status_open) {
+            const bool busy_polled = child.broker_reading && child.brokered_backends;
+            if ((child.state != ChildState::busy || busy_polled) && child.status_open) {
                 fds.push_back({child.status.get(), POLLIN, 0});
                 pids.push_back(pid);
             }
         }
+        const std::size_t broker_first = fds.size();
+        broker_.poll_fds(fds);
         if (poll(fds.data(), fds.size(), next_timeout()) < 0) {
             if (errno == EINTR) {
                 return;
@@ -305,11 +356,12 @@ class Supervisor {
             throw_system_error("poll failed");
         }
         // Status messages first: a child that accepted and exited at once is counted.
-        for (std::size_t i = 1; i < fds.size(); ++i) {
+        for (std::size_t i = 1; i < broker_first; ++i) {
             if (fds[i].revents != 0) {
                 read_status(pids[i - 1]);
             }
         }
+        broker_.handle_poll(std::span(fds).subspan(broker_first));
         if (fds[0].revents != 0) {
             handle_signals();
         }
@@ -329,6 +381,7 @@ class Supervisor {
             consider(retired.kill_at);
         }
         consider(uid_check_at_);
+        consider(broker_.next_deadline());
         if (phase_ == Phase::draining || phase_ == Phase::terminating) {
             consider(phase_deadline_);
         }
@@ -345,8 +398,11 @@ class Supervisor {
             return;
         }
         Child& child = found->second;
-        std::uint8_t message = 0;
-        const ssize_t received = recv(child.status.get(), &message, 1, MSG_DONTWAIT);
+        std::array<std::uint8_t, backend_message_size> buffer{};
+        // MSG_TRUNC: the size of the whole message, even when it is longer than the buffer.
+        const ssize_t received =
+            recv(child.status.get(), buffer.data(), buffer.size(), MSG_DONTWAIT | MSG_TRUNC);
+        const std::uint8_t message = buffer[0];
         if (received == 1 && message == static_cast<std::uint8_t>(StatusMessage::accepted)) {
             child.state = ChildState::busy;
             ++served_;
@@ -354,6 +410,14 @@ class Supervisor {
         } else if (received == 0 || (received < 0 && errno != EAGAIN && errno != EINTR)) {
             // The child is exiting; SIGCHLD follows and reaps it.
             child.status_open = false;
+        } else if (received > 0 && child.brokered_backends) {
+            const auto size = static_cast<std::size_t>(received);
+            const BrokerClient client{child.connection_id, child.status.get(),
+                                      child.state == ChildState::busy};
+            const BrokerVerdict verdict = broker_.handle_message(
+                client, std::span(buffer).first(std::min(size, buffer.size())), size,
+                *child.brokered_backends, child.backend_connect_timeout);
+            child.broker_reading = verdict == BrokerVerdict::keep_reading;
         } else if (received == 1) {
             spdlog::warn("connection process {} sent an unknown status message {:#04x}", pid,
                          message);
@@ -440,6 +504,7 @@ class Supervisor {
         if (found->second.uid) {
             return_uid(*found->second.uid, pid, id);
         }
+        broker_.forget(id);
         children_.erase(found);  // closes the status socket
         stop_idle_key_processes();
     }
@@ -595,13 +660,22 @@ class Supervisor {
             }
             ConnectionChannels channels{std::move(listeners_), std::move(child_key_end),
                                         std::move(child_status_end), id};
+            if (current_->exec) {
+                exec_connection_process(*current_->exec, config(), channels, child_setup);
+            }
             run_connection_process(config(), stack(), std::move(channels), child_setup);
         }
         if (uid) {
             spdlog::debug("connection process {} (connection {}) holds uid {}", pid, id, *uid);
         }
-        children_.emplace(pid, Child{id, std::move(status_end), ChildState::spare, true,
-                                     Clock::now(), current_->number, uid});
+        Child child;
+        child.connection_id = id;
+        child.status = std::move(status_end);
+        child.generation = current_->number;
+        child.uid = uid;
+        child.brokered_backends = current_->brokered_backends;
+        child.backend_connect_timeout = config().limits.backend_connect_timeout;
+        children_.emplace(pid, std::move(child));
     }
 
     // ---- connection uids ----
@@ -738,7 +812,7 @@ class Supervisor {
                 throw Error(ErrorKind::config, fmt::format("{}", fmt::join(changes, "; ")));
             }
             std::unique_ptr<Generation> generation =
-                build_generation(next, hooks_, current_->number + 1);
+                build_generation(next, hooks_, current_->number + 1, &connection_network_);
             replace_listeners(generation->config);
             switch_to(std::move(generation));
         } catch (const std::exception& error) {
@@ -934,6 +1008,7 @@ class Supervisor {
         if (uid_check_at_ && now >= *uid_check_at_) {
             recheck_withheld_uids();
         }
+        broker_.handle_timeouts(now);
         if (phase_ == Phase::draining && now >= phase_deadline_ && !children_.empty()) {
             spdlog::warn(
                 "drain timeout of {} ms passed; sending SIGTERM to {} connection "
@@ -985,6 +1060,8 @@ class Supervisor {
     std::optional<UidPool> uids_;                       // set when [sandbox] connection-uids is
     std::optional<Clock::time_point> uid_wait_logged_;  // the last "no free uid" line
     std::optional<Clock::time_point> uid_check_at_;     // the next check of withheld uids
+    Fd connection_network_;  // the empty network namespace of connection-network = "none"
+    BackendBroker broker_;
     RestartBackoff spare_backoff_{spare_backoff_first, spare_backoff_max};
     RestartBackoff key_backoff_{key_restart_backoff, key_restart_backoff_max};
 };
@@ -1008,7 +1085,7 @@ int check_config(const Config& config, const SupervisorHooks& hooks) {
         }
         // The root directory is created here too: the temporary key process chroots into it.
         // The generation stops its key process when it goes out of scope.
-        const std::unique_ptr<Generation> generation = build_generation(config, hooks, 0);
+        const std::unique_ptr<Generation> generation = build_generation(config, hooks, 0, nullptr);
     } catch (const Error& error) {
         return startup_failure_status(error);
     }

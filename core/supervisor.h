@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "core/config.h"
 #include "core/fd.h"
@@ -21,6 +22,9 @@ struct SupervisorHooks {
     // Reads the configuration file again for a reload (SIGHUP); throws Error(config) naming
     // the problem. Without it a reload fails and the running configuration stays.
     std::function<Config()> load_config;
+    // Returns the digest of the config file and every certificate chain file it names, for
+    // spawn = "exec" (core/connection_exec.h).
+    std::function<std::string(const Config&)> config_digest;
 };
 
 // Exit statuses of run_supervisor and check_config, and of the cloister command;

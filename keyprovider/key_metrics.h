@@ -35,7 +35,7 @@ OperationOutcome outcome_of(keyproto::Status status) noexcept;
 
 // Measurements of one private-key operation.
 struct OperationTiming {
-    // From the moment a worker thread read the request to the end of the response's send.
+    // From the moment a worker thread read the request until its response is ready to send.
     std::chrono::nanoseconds request{0};
     // The token's signing calls alone, for a key in a PKCS#11 token that reached its token.
     std::optional<std::chrono::nanoseconds> token;

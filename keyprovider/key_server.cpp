@@ -446,8 +446,10 @@ void KeyServer::serve_channel(Source& channel) {
 
     const HandlerResult result = handler_.handle(*decoded.value, channel.state);
     record(channel, *decoded.value, result);
-    const bool sent = send_response(channel, result.response);
+    // Measured before the send, so that a report asked for right after the client has its
+    // response already counts the operation.
     measure(*decoded.value, result, arrival);
+    const bool sent = send_response(channel, result.response);
     if (!sent) {
         close_channel(channel);
         return;

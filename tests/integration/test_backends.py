@@ -106,6 +106,8 @@ class StackTest(unittest.TestCase):
     """
 
     tls_backend = "openssl"
+    # [sandbox] settings added to the document; test_netless.py runs cases with other modes.
+    sandbox_settings: dict = {}
 
     @classmethod
     def document(cls, pki, backend):
@@ -116,7 +118,9 @@ class StackTest(unittest.TestCase):
         pki = harness.pki()
         cls.backend = harness.HttpBackend(HTTP_BODY).start()
         cls.addClassCleanup(cls.backend.stop)
-        cls.daemon = harness.Daemon(cls.document(pki, cls.backend))
+        document = cls.document(pki, cls.backend)
+        document["sandbox"] = {**document.get("sandbox", {}), **cls.sandbox_settings}
+        cls.daemon = harness.Daemon(document)
         cls.addClassCleanup(cls.daemon.close)
         cls.daemon.start()
 

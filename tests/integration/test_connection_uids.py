@@ -131,12 +131,12 @@ class ConnectionUidTest(unittest.TestCase):
         self.pki = harness.pki()
 
     def start_daemon(self, first: int, last: int, max_connections: int,
-                     spare_children: int) -> harness.Daemon:
+                     spare_children: int, spawn: str = "fork") -> harness.Daemon:
         document = harness.config(
             [harness.vhost(["www.example.test"], self.backend, self.pki.rsa, default=True)],
             [self.pki.rsa],
             limits={"max-connections": max_connections, "spare-children": spare_children},
-            sandbox={"connection-uids": f"{first}-{last}"})
+            sandbox={"connection-uids": f"{first}-{last}", "spawn": spawn})
         daemon = harness.Daemon(document)
         self.addCleanup(daemon.close)
         return daemon.start()
@@ -147,8 +147,13 @@ class ConnectionUidTest(unittest.TestCase):
         return connection
 
     def test_live_processes_get_distinct_range_ids(self):
+        for spawn in ("fork", "exec"):
+            with self.subTest(spawn=spawn):
+                self.check_distinct_range_ids(spawn)
+
+    def check_distinct_range_ids(self, spawn: str):
         first, last = random_range(16)
-        daemon = self.start_daemon(first, last, 8, 2)
+        daemon = self.start_daemon(first, last, 8, 2, spawn)
         self.hold(daemon.port)
         self.hold(daemon.port)
         pids = live_pids(daemon, 2)

@@ -22,6 +22,9 @@ class HandshakeMatrixTest(unittest.TestCase):
     tls_backend = "openssl"
     # Botan 2.19 has no Ed25519 in TLS, so its subclass leaves that vhost out.
     serves_ed25519 = True
+    # [sandbox] settings; test_netless.py runs the matrix with other connection-network and
+    # spawn modes.
+    sandbox_settings: dict = {}
 
     @classmethod
     def setUpClass(cls):
@@ -43,8 +46,9 @@ class HandshakeMatrixTest(unittest.TestCase):
             vhosts.append(harness.vhost(["ed25519.example.test"], cls.backend, pki.ed25519))
             keys.append(pki.ed25519)
         listen = ["127.0.0.1"] + (["::1"] if harness.ipv6_loopback_available() else [])
-        cls.daemon = harness.Daemon(harness.config(vhosts, keys, tls_backend=cls.tls_backend),
-                                    listen=listen)
+        document = harness.config(vhosts, keys, tls_backend=cls.tls_backend,
+                                  sandbox=cls.sandbox_settings)
+        cls.daemon = harness.Daemon(document, listen=listen)
         cls.addClassCleanup(cls.daemon.close)
         cls.daemon.start()
 

@@ -8,6 +8,7 @@
 // --no-sandbox skips the filter and --log-mode installs it with SeccompMode::log, to show that
 // each attack works without it. Exit status 2 means a usage error, 3 a sandbox set-up error.
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
@@ -62,6 +63,17 @@ int attack_socket_netlink() {
 
 int attack_socket_inet() {
     return survived(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+}
+
+int attack_socket_unix() {
+    return survived(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+}
+
+// connect on a descriptor that is not open: without a filter it returns EBADF.
+int attack_connect() {
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    return survived(::connect(-1, reinterpret_cast<const sockaddr*>(&address), sizeof(address)));
 }
 
 int attack_socket_udp() {
@@ -124,12 +136,14 @@ struct Attack {
     std::function<int()> run;
 };
 
-const std::array<Attack, 12> attacks{{
+const std::array<Attack, 14> attacks{{
     {"open", attack_open},
     {"open-write", attack_open_write},
     {"socket-netlink", attack_socket_netlink},
     {"socket-inet", attack_socket_inet},
     {"socket-udp", attack_socket_udp},
+    {"socket-unix", attack_socket_unix},
+    {"connect", attack_connect},
     {"execve", attack_execve},
     {"ptrace", attack_ptrace},
     {"fork", attack_fork},
@@ -140,8 +154,9 @@ const std::array<Attack, 12> attacks{{
 }};
 
 std::optional<cloister::SeccompRole> parse_role(std::string_view name) {
-    for (const auto role : {cloister::SeccompRole::connection, cloister::SeccompRole::key_memory,
-                            cloister::SeccompRole::key_pkcs11}) {
+    for (const auto role :
+         {cloister::SeccompRole::connection, cloister::SeccompRole::connection_no_network,
+          cloister::SeccompRole::key_memory, cloister::SeccompRole::key_pkcs11}) {
         if (cloister::to_string(role) == name) {
             return role;
         }
@@ -160,7 +175,7 @@ const Attack* find_attack(std::string_view name) {
 
 int usage() {
     print(
-        "usage: sandbox_canary connection|key-memory|key-pkcs11 ATTACK "
+        "usage: sandbox_canary connection|connection-no-network|key-memory|key-pkcs11 ATTACK "
         "[--no-sandbox|--log-mode]\nattacks:");
     for (const Attack& attack : attacks) {
         print(" " + std::string(attack.name));

@@ -100,8 +100,18 @@ INSTANTIATE_TEST_SUITE_P(
                       AttackCase{"connection", "socket-udp"}, AttackCase{"connection", "execve"},
                       AttackCase{"connection", "ptrace"}, AttackCase{"connection", "fork"},
                       AttackCase{"connection", "process-vm-readv"},
-                      AttackCase{"connection", "mmap-exec"}),
+                      AttackCase{"connection", "mmap-exec"},
+                      AttackCase{"connection", "socket-unix"}),
     case_name);
+
+INSTANTIATE_TEST_SUITE_P(ConnectionNoNetwork, CanaryAttack,
+                         ::testing::Values(AttackCase{"connection-no-network", "socket-inet"},
+                                           AttackCase{"connection-no-network", "socket-unix"},
+                                           AttackCase{"connection-no-network", "connect"},
+                                           AttackCase{"connection-no-network", "open"},
+                                           AttackCase{"connection-no-network", "execve"},
+                                           AttackCase{"connection-no-network", "fork"}),
+                         case_name);
 
 INSTANTIATE_TEST_SUITE_P(
     KeyMemory, CanaryAttack,
@@ -124,6 +134,12 @@ TEST(Canary, ConnectionFilterAllowsTcpSocket) {
     const auto run = run_canary({"connection", "socket-inet"});
     EXPECT_TRUE(exited_zero(run.status)) << describe_status(run.status);
     EXPECT_EQ(run.output.rfind("survived (result", 0), 0U) << run.output;
+}
+
+TEST(Canary, ConnectionFilterAllowsConnect) {
+    const auto run = run_canary({"connection", "connect"});
+    EXPECT_TRUE(exited_zero(run.status)) << describe_status(run.status);
+    EXPECT_EQ(run.output, "survived (Bad file descriptor)\n");
 }
 
 TEST(Canary, KeyPkcs11FilterAllowsReadOnlyOpen) {

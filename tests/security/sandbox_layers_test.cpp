@@ -240,7 +240,7 @@ TEST(SandboxLayers, WritableRootDirectoryRejected) {
     EXPECT_NE(message.find("is writable by others"), std::string::npos) << message;
 }
 
-TEST(SandboxLayers, UnixBackendTurnsConnectionChrootOff) {
+TEST(SandboxLayers, UnixBackendKeepsConnectionChroot) {
     if (!running_as_root()) {
         GTEST_SKIP() << "the chroot is decided only as root";
     }
@@ -248,11 +248,30 @@ TEST(SandboxLayers, UnixBackendTurnsConnectionChrootOff) {
     Config config = make_config(root.path());
     config.vhosts.front().backend = SocketAddress::parse("unix:/run/app.sock");
     const SandboxLayers layers = decide_sandbox_layers(config, {});
-    EXPECT_FALSE(layers.connection_chroot);
+    EXPECT_TRUE(layers.connection_chroot);
     EXPECT_TRUE(layers.key_chroot);
-    EXPECT_FALSE(connection_sandbox_plan(layers).root);
-    ASSERT_EQ(layers.inactive.size(), 1U);
-    EXPECT_NE(layers.inactive.front().find("unix:/run/app.sock"), std::string::npos);
+    EXPECT_EQ(connection_sandbox_plan(layers).root, root.path());
+    EXPECT_TRUE(layers.inactive.empty());
+}
+
+TEST(SandboxLayers, NoConnectionNetworkSelectsFilterAndNamespace) {
+    if (!running_as_root()) {
+        GTEST_SKIP() << "connection-network = \"none\" needs root";
+    }
+    const TempDirectory root;
+    Config config = make_config(root.path());
+    config.sandbox.connection_network = ConnectionNetwork::none;
+    SandboxLayers layers = decide_sandbox_layers(config, {});
+    EXPECT_TRUE(layers.connection_network_none);
+    layers.connection_network_fd = 7;
+    const SandboxPlan plan = connection_sandbox_plan(layers);
+    ASSERT_TRUE(plan.seccomp);
+    EXPECT_EQ(*plan.seccomp, SeccompRole::connection_no_network);
+    EXPECT_EQ(plan.namespaces.join_network, 7);
+    config.sandbox.connection_network = ConnectionNetwork::host;
+    const SandboxPlan host = connection_sandbox_plan(decide_sandbox_layers(config, {}));
+    EXPECT_EQ(*host.seccomp, SeccompRole::connection);
+    EXPECT_EQ(host.namespaces.join_network, -1);
 }
 
 TEST(SandboxLayers, TokenKeyGetsPkcs11Filter) {

@@ -964,6 +964,8 @@ TEST(ConfigSandbox, DefaultsWithoutTable) {
     EXPECT_EQ(config.sandbox.root_directory, std::filesystem::path("/var/lib/cloister/empty"));
     EXPECT_EQ(config.sandbox.seccomp, SeccompSetting::enforce);
     EXPECT_TRUE(config.sandbox.namespaces);
+    EXPECT_EQ(config.sandbox.connection_network, ConnectionNetwork::host);
+    EXPECT_EQ(config.sandbox.spawn, SpawnMode::fork);
     EXPECT_TRUE(config.sandbox.where.file.empty());
 }
 
@@ -974,6 +976,8 @@ key-user = "proxy.key_1"
 root-directory = "jail"
 seccomp = "log"
 namespaces = false
+connection-network = "none"
+spawn = "exec"
 )"),
                                        "/etc/cloister/cloister.toml");
     EXPECT_EQ(config.sandbox.network_user, "proxy-net");
@@ -981,6 +985,8 @@ namespaces = false
     EXPECT_EQ(config.sandbox.root_directory, std::filesystem::path("/etc/cloister/jail"));
     EXPECT_EQ(config.sandbox.seccomp, SeccompSetting::log);
     EXPECT_FALSE(config.sandbox.namespaces);
+    EXPECT_EQ(config.sandbox.connection_network, ConnectionNetwork::none);
+    EXPECT_EQ(config.sandbox.spawn, SpawnMode::exec);
     EXPECT_EQ(config.sandbox.where.to_string(), "/etc/cloister/cloister.toml:15:1");
     const Config off = parse_config(with("[sandbox]\nseccomp = \"off\"\n"), "cloister.toml");
     EXPECT_EQ(off.sandbox.seccomp, SeccompSetting::off);
@@ -1012,9 +1018,15 @@ TEST(ConfigSandbox, RejectsInvalidValues) {
               "got \"kill\"");
     EXPECT_EQ(error_of(with("[sandbox]\nnamespaces = \"yes\"\n")),
               "cloister.toml:16:14: sandbox.namespaces: expected true or false, got \"yes\"");
+    EXPECT_EQ(error_of(with("[sandbox]\nconnection-network = \"off\"\n")),
+              "cloister.toml:16:22: sandbox.connection-network: expected \"host\" or \"none\", "
+              "got \"off\"");
+    EXPECT_EQ(error_of(with("[sandbox]\nspawn = \"clone\"\n")),
+              "cloister.toml:16:9: sandbox.spawn: expected \"fork\" or \"exec\", got \"clone\"");
     EXPECT_EQ(error_of(with("[sandbox]\nchroot = \"/x\"\n")),
               "cloister.toml:16:1: unknown key 'chroot' in [sandbox]; expected one of: "
-              "network-user, key-user, root-directory, seccomp, namespaces, connection-uids");
+              "network-user, key-user, root-directory, seccomp, namespaces, connection-uids, "
+              "connection-network, spawn");
 }
 
 TEST(ConfigSandbox, ConnectionUidsOffByDefault) {

@@ -50,9 +50,12 @@ key-user = "proxy-key"
 root-directory = "/var/empty/proxy"
 seccomp = "log"
 namespaces = false
+connection-uids = "3000000-3065535"
+connection-network = "none"
+spawn = "exec"
 )");
     const std::vector<std::string> changes = restart_only_changes(current, next);
-    ASSERT_EQ(changes.size(), 5U);
+    ASSERT_EQ(changes.size(), 8U);
     EXPECT_EQ(changes[0],
               R"([sandbox] network-user changed from "cloister-net" to "proxy-net" )"
               R"((/etc/cloister/cloister.toml:16:1); a restart applies it, a reload keeps )"
@@ -65,6 +68,13 @@ namespaces = false
     EXPECT_NE(changes[3].find(R"([sandbox] seccomp changed from "enforce" to "log")"),
               std::string::npos);
     EXPECT_NE(changes[4].find(R"([sandbox] namespaces changed from "true" to "false")"),
+              std::string::npos);
+    EXPECT_NE(changes[5].find(R"([sandbox] connection-uids changed from "none" to )"
+                              R"("3000000-3065535")"),
+              std::string::npos);
+    EXPECT_NE(changes[6].find(R"([sandbox] connection-network changed from "host" to "none")"),
+              std::string::npos);
+    EXPECT_NE(changes[7].find(R"([sandbox] spawn changed from "fork" to "exec")"),
               std::string::npos);
 }
 
