@@ -40,14 +40,6 @@ unsigned resolve_worker_count(unsigned configured) {
     return std::max(1U, std::thread::hardware_concurrency());
 }
 
-HandlerOptions handler_options(const KeyProcessConfig& config, bool rsa_decryption) {
-    HandlerOptions options;
-    options.max_operations_per_channel = config.max_operations_per_channel;
-    options.tls_signing_policy = true;
-    options.rsa_decryption = rsa_decryption;
-    return options;
-}
-
 Fd make_signalfd() {
     const sigset_t set = stop_and_stats_signals();
     // Blocked first, so that none of them takes its default action before the signalfd
@@ -127,7 +119,7 @@ std::string KeyProcessStats::summary() const {
 KeyServer::KeyServer(const KeyStore& store, const KeyProcessConfig& config, Fd control,
                      bool rsa_decryption)
     : store_(store),
-      handler_(store, handler_options(config, rsa_decryption)),
+      handler_(store, make_handler_options(config, rsa_decryption)),
       worker_count_(resolve_worker_count(config.workers)) {
     signals_.fd = make_signalfd();
     control_.fd = std::move(control);
