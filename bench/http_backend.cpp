@@ -71,7 +71,8 @@ bool respond(int fd, std::string_view head) {
         return false;
     }
     for (std::uint64_t left = size; left > 0;) {
-        const std::size_t chunk = left < zeros.size() ? static_cast<std::size_t>(left) : zeros.size();
+        const std::size_t chunk =
+            left < zeros.size() ? static_cast<std::size_t>(left) : zeros.size();
         if (!send_all(fd, zeros.data(), chunk)) {
             return false;
         }

@@ -102,8 +102,8 @@ class Fixture {
         cloister::Fd key_end(fds[0]);
         cloister::send_attach(key_process_.control.get(), key_end, 1,
                               cloister::keyproto::attach_flag_unlimited);
-        client_ = std::make_unique<cloister::KeyClient>(cloister::Fd(fds[1]),
-                                                        std::chrono::seconds(5));
+        client_ =
+            std::make_unique<cloister::KeyClient>(cloister::Fd(fds[1]), std::chrono::seconds(5));
     }
     Fixture(const Fixture&) = delete;
     Fixture& operator=(const Fixture&) = delete;

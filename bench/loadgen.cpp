@@ -290,8 +290,8 @@ void handshake_client(SSL_CTX* context, const Options& options, Clock::time_poin
     std::vector<double> latencies;
     std::uint64_t errors = 0;
     std::string first_error;
-    const std::string request = "GET / HTTP/1.1\r\nHost: " + options.server_name +
-                                "\r\nConnection: close\r\n\r\n";
+    const std::string request =
+        "GET / HTTP/1.1\r\nHost: " + options.server_name + "\r\nConnection: close\r\n\r\n";
     // Paced clients start at evenly spaced offsets and keep a fixed schedule.
     const double interval = options.rate > 0 ? options.clients / options.rate : 0.0;
     auto next = start + std::chrono::duration_cast<Clock::duration>(
@@ -344,8 +344,8 @@ std::string json_string(std::string_view text) {
 int run_handshakes(SSL_CTX* context, const Options& options) {
     Tally tally;
     const auto start = Clock::now();
-    const auto deadline =
-        start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.seconds));
+    const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
+                                      std::chrono::duration<double>(options.seconds));
     std::vector<std::thread> threads;
     for (int i = 0; i < options.clients; ++i) {
         threads.emplace_back(handshake_client, context, std::cref(options), start, deadline, i,
@@ -372,8 +372,8 @@ int run_bulk(SSL_CTX* context, const Options& options) {
                                 " HTTP/1.1\r\nHost: " + options.server_name + "\r\n\r\n";
     std::uint64_t total = 0;
     const auto start = Clock::now();
-    const auto deadline =
-        start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.seconds));
+    const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
+                                      std::chrono::duration<double>(options.seconds));
     do {
         connection.write(request);
         total += connection.read_response();
@@ -386,8 +386,7 @@ int run_bulk(SSL_CTX* context, const Options& options) {
 
 int run_idle(SSL_CTX* context, const Options& options) {
     std::vector<std::unique_ptr<Connection>> connections;
-    const std::string request =
-        "GET / HTTP/1.1\r\nHost: " + options.server_name + "\r\n\r\n";
+    const std::string request = "GET / HTTP/1.1\r\nHost: " + options.server_name + "\r\n\r\n";
     for (int i = 0; i < options.connections; ++i) {
         auto connection = std::make_unique<Connection>(context, options);
         connection->write(request);
