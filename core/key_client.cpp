@@ -11,6 +11,10 @@
 
 #include "core/error.h"
 
+#ifdef CLOISTER_BENCH_INPROCESS_KEYS
+#include "bench/inprocess/inprocess_keys.h"
+#endif
+
 namespace cloister {
 namespace {
 
@@ -210,9 +214,16 @@ keyproto::Response KeyClient::round_trip(keyproto::Request request) {
     request.request_id = next_request_id_;
     const std::vector<std::uint8_t> datagram = keyproto::encode(request);
     ++next_request_id_;
+#ifdef CLOISTER_BENCH_INPROCESS_KEYS
+    // Benchmark-only build (bench/CMakeLists.txt): the same request and response encoding,
+    // served by the key process's handler inside this process instead of over the channel.
+    (void)deadline;
+    const std::vector<std::uint8_t> reply = bench::serve_in_process(datagram);
+#else
     send_datagram(channel_.get(), datagram, deadline, timeout_);
 
     const std::vector<std::uint8_t> reply = receive_datagram(channel_.get(), deadline, timeout_);
+#endif
     keyproto::Decoded<keyproto::Response> decoded = keyproto::decode_response(reply);
     if (!decoded) {
         throw Error(ErrorKind::protocol,

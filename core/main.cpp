@@ -24,6 +24,10 @@
 #include "core/supervisor.h"
 #include "keyprovider/key_process.h"
 
+#ifdef CLOISTER_BENCH_INPROCESS_KEYS
+#include "bench/inprocess/inprocess_keys.h"
+#endif
+
 namespace {
 
 constexpr int exit_usage = 64;  // EX_USAGE from sysexits.h
@@ -148,6 +152,9 @@ int run(const Options& options) {
     const cloister::Config config = cloister::load_config(options.config);
     cloister::init_logging("supervisor", config.server.log_level);
     const cloister::SupervisorHooks hooks = make_hooks(options.config);
+#ifdef CLOISTER_BENCH_INPROCESS_KEYS
+    cloister::bench::load_in_process_keys(config);
+#endif
     if (!options.check_only) {
         return cloister::run_supervisor(config, hooks);
     }

@@ -43,14 +43,6 @@ unsigned resolve_worker_count(unsigned configured) {
     return std::max(1U, std::thread::hardware_concurrency());
 }
 
-HandlerOptions handler_options(const KeyProcessConfig& config, bool rsa_decryption) {
-    HandlerOptions options;
-    options.max_operations_per_channel = config.max_operations_per_channel;
-    options.tls_signing_policy = true;
-    options.rsa_decryption = rsa_decryption;
-    return options;
-}
-
 // Returns a CLOCK_MONOTONIC timerfd that expires every interval, or an empty Fd when interval is
 // 0. Created and armed before the sandbox, because the seccomp policy of the key process
 // allows neither timerfd_create nor timerfd_settime; reading it needs only read().
@@ -161,7 +153,7 @@ std::string KeyProcessStats::summary() const {
 KeyServer::KeyServer(const KeyStore& store, const KeyProcessConfig& config, Fd control,
                      bool rsa_decryption)
     : store_(store),
-      handler_(store, handler_options(config, rsa_decryption)),
+      handler_(store, make_handler_options(config, rsa_decryption)),
       worker_count_(resolve_worker_count(config.workers)),
       metrics_(store, rsa_decryption) {
     signals_.fd = make_signalfd();

@@ -12,6 +12,14 @@
 
 namespace cloister {
 
+HandlerOptions make_handler_options(const KeyProcessConfig& config, bool rsa_decryption) {
+    HandlerOptions options;
+    options.max_operations_per_channel = config.max_operations_per_channel;
+    options.tls_signing_policy = true;
+    options.rsa_decryption = rsa_decryption;
+    return options;
+}
+
 HandlerResult make_result(const keyproto::Request& request, keyproto::Status status,
                           std::string reason) {
     HandlerResult result;

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "core/config.h"
 #include "core/key_protocol.h"
 #include "keyprovider/key_store.h"
 
@@ -30,6 +31,10 @@ struct HandlerOptions {
     // Serves decrypt requests ([tls] rsa-key-exchange); without it they get Status::refused.
     bool rsa_decryption = false;
 };
+
+// Returns the options the key process serves with: the quota of config, the TLS signing
+// policy on, and decrypt requests served only with rsa_decryption ([tls] rsa-key-exchange).
+HandlerOptions make_handler_options(const KeyProcessConfig& config, bool rsa_decryption);
 
 struct HandlerResult {
     keyproto::Response response;

@@ -61,6 +61,19 @@ void reseed_random(OSSL_LIB_CTX* libctx) {
     }
 }
 
+// Instantiates the primary, public and private DRBGs of libctx (null: the default context),
+// which OpenSSL otherwise creates on first use. Called in the supervisor, so that every
+// connection process inherits them and reseed_after_fork only reseeds: instantiating the six
+// generators in each connection process cost more CPU than its TLS handshake (callgrind,
+// docs/benchmarks.md).
+void instantiate_random(OSSL_LIB_CTX* libctx) {
+    if (RAND_get0_primary(libctx) == nullptr || RAND_get0_public(libctx) == nullptr ||
+        RAND_get0_private(libctx) == nullptr) {
+        throw Error(ErrorKind::crypto,
+                    "cannot instantiate the random generator: " + ossl::take_openssl_errors());
+    }
+}
+
 // Ends the handshake with alert unrecognized_name (112, RFC 6066 section 3).
 int reject_server_name(const OpensslSession& session, const char* server_name, int* alert) {
     if (server_name == nullptr) {
@@ -127,6 +140,8 @@ OpensslStack::OpensslStack(const Config& config, const VhostTable& vhosts)
         alpn_.push_back(config.vhosts[i].alpn);
         certificates += contexts_.back().certificates.size();
     }
+    instantiate_random(nullptr);
+    instantiate_random(library_.get());
     spdlog::info("openssl: {} vhosts with {} certificates ready ({})", contexts_.size(),
                  certificates, OpenSSL_version(OPENSSL_VERSION));
 }
