@@ -8,8 +8,8 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <string_view>
 
@@ -50,12 +50,14 @@ std::string digest_config_files(const cloister::Config& config) {
     }
     const auto add = [&context](const std::filesystem::path& path) {
         std::ifstream file(path, std::ios::binary);
-        const std::string contents{std::istreambuf_iterator<char>(file), {}};
-        if (!file.good() && !file.eof()) {
+        std::ostringstream buffer;
+        buffer << file.rdbuf();
+        if (!file || !buffer) {
             throw cloister::Error(
                 cloister::ErrorKind::config,
                 fmt::format("reading {} for the config digest failed", path.string()));
         }
+        const std::string contents = std::move(buffer).str();
         const std::string header = fmt::format("{}\n{}\n", path.string(), contents.size());
         EVP_DigestUpdate(context.get(), header.data(), header.size());
         EVP_DigestUpdate(context.get(), contents.data(), contents.size());

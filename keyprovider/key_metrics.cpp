@@ -25,12 +25,11 @@ std::string format_optional(std::optional<std::uint64_t> value) {
 // Formats "PREFIXp50_us=N PREFIXp90_us=N PREFIXp99_us=N PREFIXmax_us=N", with "-" for each
 // value of an empty snapshot.
 std::string format_latency(const std::string& prefix, const HistogramSnapshot& snapshot) {
-    const std::optional<std::uint64_t> max =
-        snapshot.count == 0 ? std::nullopt : std::optional<std::uint64_t>(snapshot.max);
+    const std::string max = snapshot.count == 0 ? "-" : std::to_string(snapshot.max);
     return fmt::format("{0}p50_us={1} {0}p90_us={2} {0}p99_us={3} {0}max_us={4}", prefix,
                        format_optional(snapshot.quantile(0.50)),
                        format_optional(snapshot.quantile(0.90)),
-                       format_optional(snapshot.quantile(0.99)), format_optional(max));
+                       format_optional(snapshot.quantile(0.99)), max);
 }
 
 // Sets the period's maximum. It comes from take_period_max(), but a value recorded between

@@ -277,6 +277,9 @@ void send_control(int control, std::span<const std::uint8_t> data, std::span<con
         header.msg_control = buffer.data();
         header.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
         cmsghdr* item = CMSG_FIRSTHDR(&header);
+        if (item == nullptr) {
+            throw std::logic_error("no room for the SCM_RIGHTS header");
+        }
         item->cmsg_level = SOL_SOCKET;
         item->cmsg_type = SCM_RIGHTS;
         item->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
