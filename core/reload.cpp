@@ -58,6 +58,10 @@ bool overlaps(const std::string& held, const std::string& wanted) {
     return same_family && (a->host == b->host || is_wildcard(a->host) || is_wildcard(b->host));
 }
 
+std::string connection_uids_text(const std::optional<UidRange>& range) {
+    return range ? range->to_string() : "none";
+}
+
 }  // namespace
 
 std::vector<std::string> restart_only_changes(const Config& current, const Config& next) {
@@ -71,6 +75,9 @@ std::vector<std::string> restart_only_changes(const Config& current, const Confi
     compare(changes, after, "seccomp", seccomp_name(before.seccomp), seccomp_name(after.seccomp));
     compare(changes, after, "namespaces", before.namespaces ? "true" : "false",
             after.namespaces ? "true" : "false");
+    // The supervisor builds its uid pool once, at start.
+    compare(changes, after, "connection-uids", connection_uids_text(before.connection_uids),
+            connection_uids_text(after.connection_uids));
     return changes;
 }
 
