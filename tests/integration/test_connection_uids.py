@@ -322,6 +322,23 @@ class ConnectionUidStartTest(unittest.TestCase):
             ids = {grp.getgrnam(match.group(2)).gr_gid}
         self.assertTrue(any(first <= value <= first + 2 for value in ids), result.output)
 
+    def test_range_with_subordinate_ids_rejected(self):
+        owner = sandbox_users.POOL.take()
+        self.addCleanup(sandbox_users.POOL.give_back, owner)
+        for add, remove, path in (("--add-subuids", "--del-subuids", "/etc/subuid"),
+                                  ("--add-subgids", "--del-subgids", "/etc/subgid")):
+            with self.subTest(path=path):
+                first, last = random_range(3)
+                # The owner's entry covers only the last id of the range.
+                sandbox_users.change_subordinate_ids(owner.network, add, last, last + 9)
+                try:
+                    result = self.start(f"{first}-{last}")
+                finally:
+                    sandbox_users.change_subordinate_ids(owner.network, remove, last, last + 9)
+                self.assert_rejected(
+                    result, "sandbox.connection-uids:",
+                    f"overlaps the subordinate ids '{owner.network}:{last}:10' of {path}")
+
     def test_range_with_root_rejected(self):
         result = self.start("0-2")
         self.assert_rejected(result, "sandbox.connection-uids:", "contains uid 0 (root)")
