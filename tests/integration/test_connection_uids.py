@@ -210,9 +210,11 @@ class ConnectionUidTest(unittest.TestCase):
         daemon.wait_for_record(mark)
         # nsenter returns once its child, killed with the namespace, has exited.
         sleeper.wait(timeout=10)
-        self.assertEqual(processes_with_uid(uid), [])
+        # The connection's record can precede the reaping of its process, so the check for
+        # processes with uid waits until the supervisor has returned uid to the pool.
         daemon.wait_for_log(rf"uid {uid} of reaped connection process {pid} is free again",
                             since=mark)
+        self.assertEqual(processes_with_uid(uid), [])
         # With two ids the next spare takes the other one, so the one after it reuses uid.
         daemon.wait_for_log(rf"holds uid {first + 1}\b", since=mark)
         harness.tls_request(daemon.port, b"one\n", half_close=True)
