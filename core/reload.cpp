@@ -75,6 +75,7 @@ std::vector<std::string> restart_only_changes(const Config& current, const Confi
     compare(changes, after, "seccomp", seccomp_name(before.seccomp), seccomp_name(after.seccomp));
     compare(changes, after, "namespaces", before.namespaces ? "true" : "false",
             after.namespaces ? "true" : "false");
+    // The supervisor builds its uid pool once, at start.
     compare(changes, after, "connection-uids", uid_range_text(before.connection_uids),
             uid_range_text(after.connection_uids));
     compare(changes, after, "connection-network",

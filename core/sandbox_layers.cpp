@@ -11,6 +11,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -217,8 +218,26 @@ std::string pid_namespace_problem(const Config& config, const SandboxLayers& lay
     return "cloister does not run as root";
 }
 
-// Checks the connection-uids range against the host: root, PID namespaces, and no account in
-// the range. parse_config has checked 0 and the size already.
+// Fails when an entry of /etc/subuid or /etc/subgid overlaps range. A missing file has no
+// entries.
+void check_subordinate_ids(const Config& config, const UidRange& range) {
+    for (const char* path : {"/etc/subuid", "/etc/subgid"}) {
+        std::ifstream entries(path);
+        if (!entries) {
+            continue;
+        }
+        if (const auto entry = find_subordinate_overlap(range, entries)) {
+            fail_sandbox(config, "connection-uids",
+                         fmt::format("the range {} overlaps the subordinate ids '{}' of {}, "
+                                     "which that user's containers may run as; choose a range "
+                                     "outside /etc/subuid and /etc/subgid",
+                                     range.to_string(), *entry, path));
+        }
+    }
+}
+
+// Checks the connection-uids range against the host: root, PID namespaces, and no account or
+// subordinate id in the range. parse_config has checked 0 and the size already.
 void decide_connection_uids(const Config& config, SandboxLayers& layers) {
     if (!config.sandbox.connection_uids) {
         return;
@@ -254,6 +273,7 @@ void decide_connection_uids(const Config& config, SandboxLayers& layers) {
                                  "choose a range that no user or group uses",
                                  value, *account));
     }
+    check_subordinate_ids(config, range);
     layers.connection_uids = range;
 }
 

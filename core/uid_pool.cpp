@@ -38,6 +38,33 @@ std::optional<UidRange> parse_uid_range(std::string_view text) {
     return UidRange{static_cast<uid_t>(*first), *last - *first + 1};
 }
 
+std::optional<std::string> find_subordinate_overlap(const UidRange& range, std::istream& entries) {
+    std::string line;
+    while (std::getline(entries, line)) {
+        if (line.empty() || line.starts_with('#')) {
+            continue;
+        }
+        const std::string_view text(line);
+        const std::size_t first_colon = text.find(':');
+        const std::size_t second_colon = text.find(':', first_colon + 1);
+        if (first_colon == std::string_view::npos || second_colon == std::string_view::npos) {
+            continue;
+        }
+        const auto first = parse_id(text.substr(first_colon + 1, second_colon - first_colon - 1));
+        const auto count = parse_id(text.substr(second_colon + 1));
+        if (!first || !count || *count == 0) {
+            continue;
+        }
+        // Written without first + count, which may exceed 64 bits for a malformed entry.
+        const bool overlaps =
+            *first >= range.first ? range.contains(*first) : range.first - *first < *count;
+        if (overlaps) {
+            return line;
+        }
+    }
+    return std::nullopt;
+}
+
 UidPool::UidPool(UidRange range) : range_(range) {}
 
 std::optional<uid_t> UidPool::take() {

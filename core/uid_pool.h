@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <istream>
 #include <optional>
 #include <set>
 #include <string>
@@ -32,6 +33,12 @@ inline constexpr std::uint64_t max_range_id = 4'294'967'294;
 // Parses "FIRST-LAST": two decimal ids with FIRST <= LAST <= max_range_id, both included.
 // Returns nullopt for any other text. Accepts 0, which the caller rejects where root matters.
 std::optional<UidRange> parse_uid_range(std::string_view text);
+
+// The first entry of a subordinate id file (/etc/subuid or /etc/subgid, lines
+// "OWNER:FIRST:COUNT") whose ids overlap range, as its text, or nullopt. A user namespace of
+// OWNER maps its ids onto those host ids, so its processes may run as them. Skips empty lines,
+// lines starting with '#' and lines that are not three fields with decimal FIRST and COUNT.
+std::optional<std::string> find_subordinate_overlap(const UidRange& range, std::istream& entries);
 
 // The free and held ids of one range. A connection process holds its id from its fork until
 // the supervisor has reaped it; the pool only keeps the books.

@@ -77,6 +77,17 @@ def create_user(name: str) -> None:
         raise RuntimeError(f"useradd {name} failed ({result.returncode}): {result.stderr}")
 
 
+def change_subordinate_ids(name: str, option: str, first: int, last: int) -> None:
+    """Run ``usermod OPTION FIRST-LAST name``, such as --add-subuids or --del-subgids."""
+    with _passwd_lock():
+        result = subprocess.run(["usermod", option, f"{first}-{last}", name],
+                                capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+                                check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"usermod {option} {first}-{last} {name} failed "
+                           f"({result.returncode}): {result.stderr}")
+
+
 def processes_of(uid: int, any_uid: bool = False) -> list[int]:
     """Return the pids of every process whose real uid is ``uid``.
 

@@ -215,9 +215,11 @@ class ConnectionUidTest(unittest.TestCase):
         daemon.wait_for_record(mark)
         # nsenter returns once its child, killed with the namespace, has exited.
         sleeper.wait(timeout=10)
-        self.assertEqual(processes_with_uid(uid), [])
+        # The connection's record can precede the reaping of its process, so the check for
+        # processes with uid waits until the supervisor has returned uid to the pool.
         daemon.wait_for_log(rf"uid {uid} of reaped connection process {pid} is free again",
                             since=mark)
+        self.assertEqual(processes_with_uid(uid), [])
         # With two ids the next spare takes the other one, so the one after it reuses uid.
         daemon.wait_for_log(rf"holds uid {first + 1}\b", since=mark)
         harness.tls_request(daemon.port, b"one\n", half_close=True)
@@ -326,6 +328,23 @@ class ConnectionUidStartTest(unittest.TestCase):
         else:
             ids = {grp.getgrnam(match.group(2)).gr_gid}
         self.assertTrue(any(first <= value <= first + 2 for value in ids), result.output)
+
+    def test_range_with_subordinate_ids_rejected(self):
+        owner = sandbox_users.POOL.take()
+        self.addCleanup(sandbox_users.POOL.give_back, owner)
+        for add, remove, path in (("--add-subuids", "--del-subuids", "/etc/subuid"),
+                                  ("--add-subgids", "--del-subgids", "/etc/subgid")):
+            with self.subTest(path=path):
+                first, last = random_range(3)
+                # The owner's entry covers only the last id of the range.
+                sandbox_users.change_subordinate_ids(owner.network, add, last, last + 9)
+                try:
+                    result = self.start(f"{first}-{last}")
+                finally:
+                    sandbox_users.change_subordinate_ids(owner.network, remove, last, last + 9)
+                self.assert_rejected(
+                    result, "sandbox.connection-uids:",
+                    f"overlaps the subordinate ids '{owner.network}:{last}:10' of {path}")
 
     def test_range_with_root_rejected(self):
         result = self.start("0-2")

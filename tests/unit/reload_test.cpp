@@ -78,6 +78,28 @@ spawn = "exec"
               std::string::npos);
 }
 
+TEST(RestartOnlyChanges, NamesAddedChangedAndRemovedConnectionUids) {
+    const Config none = parse("");
+    const Config first = parse("[sandbox]\nconnection-uids = \"2000000-2001099\"\n");
+    const Config second = parse("[sandbox]\nconnection-uids = \"3000000-3001099\"\n");
+
+    const std::vector<std::string> added = restart_only_changes(none, first);
+    ASSERT_EQ(added.size(), 1U);
+    EXPECT_NE(added[0].find(R"([sandbox] connection-uids changed from "none" to )"
+                            R"("2000000-2001099")"),
+              std::string::npos);
+
+    const std::vector<std::string> changed = restart_only_changes(first, second);
+    ASSERT_EQ(changed.size(), 1U);
+    EXPECT_NE(changed[0].find(R"(a reload keeps "2000000-2001099")"), std::string::npos);
+
+    const std::vector<std::string> removed = restart_only_changes(first, none);
+    ASSERT_EQ(removed.size(), 1U);
+    EXPECT_NE(removed[0].find(R"(changed from "2000000-2001099" to "none")"), std::string::npos);
+
+    EXPECT_TRUE(restart_only_changes(first, first).empty());
+}
+
 TEST(DiffListeners, KeepsOpensAndCloses) {
     const ListenerDiff diff =
         diff_listeners({"127.0.0.1:8443", "[::1]:8443", "unix:/run/a.sock"},

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <sstream>
 #include <stdexcept>
 
 namespace cloister {
@@ -47,6 +48,30 @@ TEST(UidRange, ContainsBounds) {
     EXPECT_TRUE(range.contains(109));
     EXPECT_FALSE(range.contains(110));
     EXPECT_FALSE(range.contains(100 + (std::uint64_t{1} << 32)));
+}
+
+TEST(SubordinateOverlap, FindsEntryOverlappingEitherEnd) {
+    const UidRange range{2'000'000, 100};
+    std::istringstream below("alice:1934465:65536\n");
+    EXPECT_EQ(find_subordinate_overlap(range, below), "alice:1934465:65536");
+    std::istringstream above("# delegated\n\nbob:2000099:10\n");
+    EXPECT_EQ(find_subordinate_overlap(range, above), "bob:2000099:10");
+    std::istringstream inside("1000:2000050:1\n");
+    EXPECT_EQ(find_subordinate_overlap(range, inside), "1000:2000050:1");
+    std::istringstream around("carol:100000:4294867295\n");
+    EXPECT_EQ(find_subordinate_overlap(range, around), "carol:100000:4294867295");
+}
+
+TEST(SubordinateOverlap, IgnoresAdjacentAndMalformedEntries) {
+    const UidRange range{2'000'000, 100};
+    std::istringstream entries(
+        "alice:1934464:65536\n"  // ends at 1999999
+        "bob:2000100:65536\n"    // starts at 2000100
+        "carol:2000000\n"
+        "dave:x:5\n"
+        "erin:2000000:0\n"
+        "frank:2000000:-5\n");
+    EXPECT_EQ(find_subordinate_overlap(range, entries), std::nullopt);
 }
 
 TEST(UidPool, HandsOutNeverUsedIdsFirst) {
