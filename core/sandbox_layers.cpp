@@ -258,6 +258,14 @@ void decide_connection_uids(const Config& config, SandboxLayers& layers) {
                                  "remove connection-uids on such a host",
                                  value, pid_namespace_problem(config, layers)));
     }
+    if (config.sandbox.seccomp != SeccompSetting::enforce) {
+        fail_sandbox(config, "connection-uids",
+                     fmt::format("the range {} needs seccomp = \"enforce\": without the filter a "
+                                 "connection process can leave keyring keys, IPC objects or files "
+                                 "owned by its uid to the next connection that gets the uid; set "
+                                 "seccomp = \"enforce\" or remove connection-uids",
+                                 value));
+    }
     for (const auto& [user, key] :
          {std::pair{layers.network_user, "network-user"}, std::pair{layers.key_user, "key-user"}}) {
         if (user && (range.contains(user->uid) || range.contains(user->gid))) {

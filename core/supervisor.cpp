@@ -706,8 +706,8 @@ class Supervisor {
 
     // Returns the uid of reaped connection process pid to the pool. The process was PID 1 of
     // its namespace, so the kernel has ended every process inside it.
-    // NOTE: keys in the uid's user keyring outlive the namespace, and so do files and IPC
-    // objects where the chroot or the IPC namespace is off. The enforcing filter forbids all.
+    // Keys in the uid's user keyring would outlive the namespace, and so would files and IPC
+    // objects. The enforcing connection filter, which connection-uids requires, forbids them.
     void return_uid(uid_t uid, pid_t pid, std::uint64_t id) {
 #ifndef NDEBUG
         if (const std::vector<pid_t> left = processes_using_uid(uid); !left.empty()) {

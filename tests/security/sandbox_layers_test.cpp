@@ -421,6 +421,22 @@ TEST(SandboxLayers, UidRangeNeedsNamespaces) {
         << message;
 }
 
+TEST(SandboxLayers, UidRangeNeedsEnforcedSeccomp) {
+    if (!running_as_root()) {
+        GTEST_SKIP() << "connection uids need root";
+    }
+    const TempDirectory root;
+    for (const SeccompSetting setting : {SeccompSetting::log, SeccompSetting::off}) {
+        Config config = make_config(root.path());
+        config.sandbox.connection_uids = free_range(16);
+        config.sandbox.seccomp = setting;
+        const std::string message = config_error_of(config, {});
+        EXPECT_NE(message.find("the range 3000000-3000015 needs seccomp = \"enforce\""),
+                  std::string::npos)
+            << message;
+    }
+}
+
 // As root, a forked child switches to nobody first, so the test runs either way.
 TEST(SandboxLayers, UidRangeNeedsRoot) {
     const TempDirectory root;
