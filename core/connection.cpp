@@ -318,6 +318,8 @@ class Connection {
         }
     }
 
+    // NOTE: the summary line of a failed handshake has sni=-, even when the client sent one,
+    // because record_handshake_info runs only after a finished handshake.
     void handshake_failed(const IoResult& result) {
         const std::string reason = describe_handshake_failure(result);
         if (result.status == IoStatus::failed) {
