@@ -318,10 +318,10 @@ class Connection {
         }
     }
 
-    // NOTE: the summary line of a failed handshake has sni=-, even when the client sent one,
-    // because record_handshake_info runs only after a finished handshake.
     void handshake_failed(const IoResult& result) {
         const std::string reason = describe_handshake_failure(result);
+        // The stacks record the SNI from the ClientHello, so a failure after it still names it.
+        summary_.sni = session_->info().sni;
         if (result.status == IoStatus::failed) {
             spdlog::warn("handshake failed: {}", reason);
         } else {

@@ -285,6 +285,7 @@ int OpensslStack::select_vhost(SSL* ssl, int* alert) {
     std::optional<std::string_view> sni;
     if (server_name != nullptr) {
         sni = server_name;
+        session->set_sni(server_name);
     }
     const VhostTable::Selection selection = vhosts_.select(sni);
     if (!selection.vhost) {

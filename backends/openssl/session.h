@@ -36,6 +36,8 @@ class OpensslSession final : public TlsSession {
     [[nodiscard]] std::size_t vhost_index() const { return vhost_index_; }
     // Records the vhost chosen from the client's SNI (empty sni: none was sent).
     void set_vhost(std::size_t vhost_index, std::string sni);
+    // Records the client's SNI before a vhost is chosen, so that a rejected name is logged.
+    void set_sni(std::string sni) { sni_ = std::move(sni); }
 
     // Returns the session that owns ssl, or null.
     static OpensslSession* from(SSL* ssl);

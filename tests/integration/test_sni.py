@@ -81,6 +81,9 @@ class VhostProbe:
         test.assertIsNone(result.protocol, details)
         record = self.daemon.wait_for_record(mark, result="handshake_failed")
         test.assertEqual(record.get("bytes_in"), "0", record)
+        if servername is not None and not servername[0].isdigit():
+            # The ClientHello was read, so the failed handshake still names its SNI.
+            test.assertEqual(record.get("sni"), servername, record)
 
 
 class ExactBeforeWildcardTest(unittest.TestCase):
