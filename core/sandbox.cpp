@@ -290,6 +290,14 @@ void set_no_new_privs() {
     }
 }
 
+void precompile_seccomp(SandboxPlan& plan) {
+    plan.seccomp_program.reset();
+    if (plan.seccomp) {
+        plan.seccomp_program =
+            std::make_shared<const SeccompProgram>(*plan.seccomp, plan.seccomp_mode);
+    }
+}
+
 NamespaceResult apply_sandbox(const SandboxPlan& plan) {
     NamespaceResult namespaces = enter_namespaces(plan.namespaces);
     if (plan.root) {
@@ -305,7 +313,17 @@ NamespaceResult apply_sandbox(const SandboxPlan& plan) {
         spdlog::warn("sandbox: namespace not entered, the host forbids it: {}", reason);
     }
     if (plan.seccomp) {
-        install_seccomp(*plan.seccomp, plan.seccomp_mode);
+        if (plan.seccomp_program) {
+            if (plan.seccomp_program->role() != *plan.seccomp ||
+                plan.seccomp_program->mode() != plan.seccomp_mode) {
+                throw Error(ErrorKind::system, "the precompiled seccomp filter is not the plan's " +
+                                                   std::string(to_string(*plan.seccomp)) +
+                                                   " filter");
+            }
+            plan.seccomp_program->install();
+        } else {
+            install_seccomp(*plan.seccomp, plan.seccomp_mode);
+        }
     }
     spdlog::debug("sandbox: in place (chroot {}, user {}, seccomp {}{})",
                   plan.root ? plan.root->string() : "none",

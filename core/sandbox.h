@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -143,7 +144,14 @@ struct SandboxPlan {
     std::optional<SandboxUser> user;  // nullopt: keep the current ids (tests, unprivileged runs)
     std::optional<SeccompRole> seccomp;
     SeccompMode seccomp_mode = SeccompMode::enforce;
+    // The filter of seccomp and seccomp_mode compiled by precompile_seccomp; nullptr: the
+    // process compiles it in apply_sandbox.
+    std::shared_ptr<const SeccompProgram> seccomp_program;
 };
+
+// Compiles plan's seccomp filter into plan.seccomp_program, so that forked processes that
+// apply plan only install it. Does nothing when plan has no seccomp role.
+void precompile_seccomp(SandboxPlan& plan);
 
 // Runs every step of plan in order and logs one line naming the role's layers, with the
 // namespaces the host forbade. Throws Error(system) from the first step that fails.

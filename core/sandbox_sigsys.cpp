@@ -158,6 +158,10 @@ extern "C" void report_sigsys(int signal_number, siginfo_t* info, void* context)
 
 }  // namespace
 
+void load_sigsys_names() {
+    load_syscall_names();
+}
+
 void install_sigsys_reporter(std::string_view role) {
     load_syscall_names();
     copy_cut(role, report_role);

@@ -21,6 +21,11 @@ namespace cloister {
 // and so survive a trapped call, but the call still does not run.
 void install_sigsys_reporter(std::string_view role);
 
+// Resolves the system call names the handler prints (512 lookups in libseccomp's tables),
+// which install_sigsys_reporter otherwise does in the process itself. A process that forks
+// many children calls it once before, so that each child inherits the table.
+void load_sigsys_names();
+
 // Sets the LABEL of the line above, such as "connection 42" or "key process"; labels are cut
 // to 63 bytes. Call it before a forbidden call can happen.
 void set_sigsys_report_label(std::string_view label) noexcept;

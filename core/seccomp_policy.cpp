@@ -1,11 +1,13 @@
 #include "core/seccomp_policy.h"
 
 #include <fcntl.h>
+#include <linux/seccomp.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -13,9 +15,11 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
+#include "core/fd.h"
 #include "core/sandbox_sigsys.h"
 
 namespace cloister {
@@ -326,16 +330,16 @@ void add_rule(scmp_filter_ctx filter, const Rule& rule, SeccompRole role) {
     }
 }
 
-}  // namespace
+// Two ids no process has (the kernel's pid_max is at most 2^22). The filter is built once
+// with each, and the instructions that differ are those that hold the process's own id.
+constexpr pid_t placeholder_self = 0x5eed0001;
+constexpr pid_t other_placeholder_self = 0x5eed0002;
 
-void install_seccomp(SeccompRole role, SeccompMode mode) {
+FilterPtr build_filter(SeccompRole role, SeccompMode mode, pid_t self) {
     // SCMP_ACT_TRAP rather than SCMP_ACT_KILL_PROCESS, so that the handler can name the call
     // before the process dies; install_sigsys_reporter describes how it still dies.
     const std::uint32_t default_action =
         mode == SeccompMode::enforce ? SCMP_ACT_TRAP : SCMP_ACT_LOG;
-    if (mode == SeccompMode::enforce) {
-        install_sigsys_reporter(to_string(role));
-    }
     FilterPtr filter(seccomp_init(default_action));
     if (!filter) {
         throw Error(ErrorKind::system,
@@ -345,13 +349,119 @@ void install_seccomp(SeccompRole role, SeccompMode mode) {
     // syscall numbers differ there and the table would mean something else.
     check_seccomp(seccomp_attr_set(filter.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS),
                   "seccomp bad-architecture action");
-    // Apply the filter to every thread of the process, not only the caller.
-    check_seccomp(seccomp_attr_set(filter.get(), SCMP_FLTATR_CTL_TSYNC, 1), "seccomp thread sync");
-    for (const Rule& rule : table_for(role, ::getpid())) {
+    for (const Rule& rule : table_for(role, self)) {
         add_rule(filter.get(), rule, role);
     }
-    check_seccomp(seccomp_load(filter.get()),
-                  "loading the " + std::string(to_string(role)) + " seccomp filter");
+    return filter;
+}
+
+// The BPF program of filter. libseccomp 2.5 exports only to a descriptor.
+std::vector<sock_filter> export_program(const FilterPtr& filter, SeccompRole role) {
+    const std::string what = "the " + std::string(to_string(role)) + " seccomp program";
+    const Fd memory(::memfd_create("cloister-seccomp", MFD_CLOEXEC));
+    if (!memory) {
+        throw_system_error("memfd_create for " + what);
+    }
+    check_seccomp(seccomp_export_bpf(filter.get(), memory.get()), "exporting " + what);
+    const off_t size = ::lseek(memory.get(), 0, SEEK_END);
+    if (size < 0) {
+        throw_system_error("measuring " + what);
+    }
+    const auto bytes = static_cast<std::size_t>(size);
+    if (bytes == 0 || bytes % sizeof(sock_filter) != 0 ||
+        bytes / sizeof(sock_filter) > BPF_MAXINSNS) {
+        throw Error(ErrorKind::system, what + " has " + std::to_string(bytes) +
+                                           " bytes, not 1 to " + std::to_string(BPF_MAXINSNS) +
+                                           " whole BPF instructions");
+    }
+    std::vector<sock_filter> program(bytes / sizeof(sock_filter));
+    if (::pread(memory.get(), program.data(), bytes, 0) != size) {
+        throw_system_error("reading " + what);
+    }
+    return program;
+}
+
+bool same_instruction(const sock_filter& left, const sock_filter& right) {
+    return left.code == right.code && left.jt == right.jt && left.jf == right.jf &&
+           left.k == right.k;
+}
+
+// Loads program as libseccomp's seccomp_load does: in enforce mode after the SIGSYS reporter,
+// then PR_SET_NO_NEW_PRIVS and the seccomp syscall with SECCOMP_FILTER_FLAG_TSYNC.
+void load_program(SeccompRole role, SeccompMode mode, std::vector<sock_filter> program) {
+    const std::string role_name(to_string(role));
+    if (mode == SeccompMode::enforce) {
+        install_sigsys_reporter(role_name);
+    }
+    const sock_fprog bpf{static_cast<unsigned short>(program.size()), program.data()};
+    // The kernel requires no_new_privs (or CAP_SYS_ADMIN) before it accepts a filter.
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+        throw_system_error("prctl PR_SET_NO_NEW_PRIVS 1 before the " + role_name +
+                           " seccomp filter");
+    }
+    // Apply the filter to every thread of the process, not only the caller.
+    const long result =
+        ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &bpf);
+    if (result > 0) {
+        // With TSYNC, a positive result is the id of a thread that could not take the filter.
+        errno = ESRCH;
+        throw_system_error("loading the " + role_name + " seccomp filter: thread " +
+                           std::to_string(result) + " could not be synchronised");
+    }
+    if (result < 0) {
+        throw_system_error("loading the " + role_name + " seccomp filter");
+    }
+}
+
+}  // namespace
+
+SeccompProgram::SeccompProgram(SeccompRole role, SeccompMode mode)
+    : role_(role),
+      mode_(mode),
+      program_(export_program(build_filter(role, mode, placeholder_self), role)) {
+    if (mode == SeccompMode::enforce) {
+        // install() sets up the SIGSYS reporter; its name table is then inherited.
+        load_sigsys_names();
+    }
+    const std::vector<sock_filter> other =
+        export_program(build_filter(role, mode, other_placeholder_self), role);
+    const auto mismatch = [role] {
+        return Error(ErrorKind::system, "the " + std::string(to_string(role)) +
+                                            " seccomp program does not differ in the process "
+                                            "id alone between two builds");
+    };
+    if (other.size() != program_.size()) {
+        throw mismatch();
+    }
+    for (std::size_t i = 0; i < program_.size(); ++i) {
+        if (same_instruction(program_[i], other[i])) {
+            continue;
+        }
+        sock_filter expected = program_[i];
+        expected.k = static_cast<std::uint32_t>(other_placeholder_self);
+        if (program_[i].k != static_cast<std::uint32_t>(placeholder_self) ||
+            !same_instruction(expected, other[i])) {
+            throw mismatch();
+        }
+        self_slots_.push_back(i);
+    }
+    // Every table checks tgkill against the own id; without a slot, abort() would trap.
+    if (self_slots_.empty()) {
+        throw mismatch();
+    }
+}
+
+void SeccompProgram::install() const {
+    std::vector<sock_filter> program = program_;
+    const auto self = static_cast<std::uint32_t>(::getpid());
+    for (const std::size_t slot : self_slots_) {
+        program[slot].k = self;
+    }
+    load_program(role_, mode_, std::move(program));
+}
+
+void install_seccomp(SeccompRole role, SeccompMode mode) {
+    load_program(role, mode, export_program(build_filter(role, mode, ::getpid()), role));
 }
 
 std::string_view to_string(SeccompRole role) noexcept {

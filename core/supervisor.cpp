@@ -178,6 +178,10 @@ std::unique_ptr<Generation> build_generation(const Config& config, const Supervi
     }
     log_sandbox_layers(layers, generation->config);
     generation->setup.sandbox = connection_sandbox_plan(layers);
+    if (generation->config.sandbox.spawn != SpawnMode::exec) {
+        // Each forked connection process installs this program instead of building its own.
+        precompile_seccomp(*generation->setup.sandbox);
+    }
     generation->setup.brokered = brokered_backends(generation->config, layers);
     generation->setup.pid_namespace = layers.pid_namespace;
     generation->connection_uids = layers.connection_uids;

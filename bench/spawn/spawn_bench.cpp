@@ -6,14 +6,18 @@
 //   spawn_bench --benchmark_repetitions=10 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 #include <grp.h>
+#include <sched.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <functional>
 #include <optional>
 
 #include "core/error.h"
 #include "core/sandbox_spawn.h"
+#include "core/seccomp_policy.h"
 #include "core/uid_pool.h"
 
 namespace cloister {
@@ -42,11 +46,26 @@ bool reaped_cleanly(pid_t pid) {
     ::_exit(switched ? 0 : 1);
 }
 
-void run_forks(benchmark::State& state, bool pid_namespace, std::optional<UidPool> pool) {
+// User plus system time of every reaped child of this process, in seconds.
+double children_cpu_seconds() {
+    rusage usage{};
+    ::getrusage(RUSAGE_CHILDREN, &usage);
+    const auto seconds = [](const timeval& time) {
+        return static_cast<double>(time.tv_sec) + static_cast<double>(time.tv_usec) / 1e6;
+    };
+    return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+// What a child does before it exits; it exits with 0 when step returns true.
+using ChildStep = std::function<bool()>;
+
+void run_forks(benchmark::State& state, bool pid_namespace, std::optional<UidPool> pool,
+               const ChildStep& step = {}) {
     if ((pid_namespace || pool) && ::geteuid() != 0) {
         state.SkipWithError("needs root: PID namespaces and setresuid");
         return;
     }
+    const double children_before = children_cpu_seconds();
     for (auto _ : state) {
         uid_t id = 0;
         if (pool) {
@@ -68,7 +87,15 @@ void run_forks(benchmark::State& state, bool pid_namespace, std::optional<UidPoo
             if (pool) {
                 switch_and_exit(id);
             }
-            ::_exit(0);
+            bool done = true;
+            if (step) {
+                try {
+                    done = step();
+                } catch (const Error&) {
+                    done = false;
+                }
+            }
+            ::_exit(done ? 0 : 1);
         }
         if (!reaped_cleanly(pid)) {
             state.SkipWithError("the child failed");
@@ -78,6 +105,9 @@ void run_forks(benchmark::State& state, bool pid_namespace, std::optional<UidPoo
             pool->give_back(id);
         }
     }
+    // The reaped children's user and system time, which the CPU column leaves out.
+    state.counters["child_cpu_us"] = benchmark::Counter(
+        (children_cpu_seconds() - children_before) * 1e6 / static_cast<double>(state.iterations()));
 }
 
 void fork_wait(benchmark::State& state) {
@@ -92,9 +122,39 @@ void fork_wait_pid_namespace_setuid(benchmark::State& state) {
     run_forks(state, true, UidPool(bench_uids));
 }
 
+// The connection filter built with libseccomp in each child, as before the supervisor
+// compiled it once.
+void fork_wait_seccomp_compiled_in_child(benchmark::State& state) {
+    run_forks(state, false, std::nullopt, [] {
+        install_seccomp(SeccompRole::connection, SeccompMode::enforce);
+        return true;
+    });
+}
+
+// The connection filter compiled once here and only installed by each child.
+void fork_wait_seccomp_precompiled(benchmark::State& state) {
+    const SeccompProgram program(SeccompRole::connection, SeccompMode::enforce);
+    run_forks(state, false, std::nullopt, [&program] {
+        program.install();
+        return true;
+    });
+}
+
+// A new IPC namespace per child (sandbox.ipc-namespace).
+void fork_wait_ipc_namespace(benchmark::State& state) {
+    if (::geteuid() != 0) {
+        state.SkipWithError("needs root: unshare(CLONE_NEWIPC)");
+        return;
+    }
+    run_forks(state, false, std::nullopt, [] { return ::unshare(CLONE_NEWIPC) == 0; });
+}
+
 BENCHMARK(fork_wait)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(fork_wait_pid_namespace)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(fork_wait_pid_namespace_setuid)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(fork_wait_seccomp_compiled_in_child)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(fork_wait_seccomp_precompiled)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(fork_wait_ipc_namespace)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace cloister

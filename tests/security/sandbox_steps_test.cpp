@@ -4,14 +4,21 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
+#include <string_view>
 
 #include "core/error.h"
 #include "core/sandbox.h"
@@ -332,6 +339,75 @@ TEST(ApplySandbox, FullPlanTrapsOpen) {
     EXPECT_EQ(std::string(buffer.data(), static_cast<std::size_t>(std::max<ssize_t>(size, 0))),
               "applied");
     EXPECT_TRUE(killed_by_sigsys(status)) << describe_status(status);
+}
+
+// Runs body in a child after it installs a filter compiled in this process, as the
+// supervisor's forked connection processes do.
+int run_with_precompiled_filter(SeccompRole role, const std::function<int()>& body) {
+    SandboxPlan plan;
+    plan.seccomp = role;
+    precompile_seccomp(plan);
+    testing::use_stderr_logger();
+    return run_in_child([&] {
+        apply_sandbox(plan);
+        return body();
+    });
+}
+
+TEST(PrecompiledSeccomp, TrapsOpen) {
+    const int status = run_with_precompiled_filter(SeccompRole::connection, [] {
+        ::open("/", O_RDONLY | O_CLOEXEC);
+        return 0;
+    });
+    EXPECT_TRUE(killed_by_sigsys(status)) << describe_status(status);
+}
+
+TEST(PrecompiledSeccomp, AllowsPlainIo) {
+    const int status = run_with_precompiled_filter(
+        SeccompRole::connection, [] { return ::write(STDERR_FILENO, "", 0) == 0 ? 0 : 1; });
+    EXPECT_TRUE(exited_zero(status)) << describe_status(status);
+}
+
+// The tgkill check names the installing child, not the process that compiled the filter:
+// abort() in the child signals itself, and a signal to the compiling process traps.
+TEST(PrecompiledSeccomp, TgkillCheckNamesTheChild) {
+    const int aborted = run_with_precompiled_filter(SeccompRole::connection, [] {
+        std::abort();
+        return 0;
+    });
+    EXPECT_TRUE(WIFSIGNALED(aborted) && WTERMSIG(aborted) == SIGABRT) << describe_status(aborted);
+    const pid_t compiler = ::getpid();
+    const int trapped = run_with_precompiled_filter(SeccompRole::connection, [compiler] {
+        ::syscall(SYS_tgkill, compiler, compiler, 0);
+        return 0;
+    });
+    EXPECT_TRUE(killed_by_sigsys(trapped)) << describe_status(trapped);
+}
+
+TEST(PrecompiledSeccomp, KeyMemoryFilterTrapsSocket) {
+    const int status = run_with_precompiled_filter(SeccompRole::key_memory, [] {
+        ::socket(AF_INET, SOCK_STREAM, 0);
+        return 0;
+    });
+    EXPECT_TRUE(killed_by_sigsys(status)) << describe_status(status);
+}
+
+TEST(PrecompiledSeccomp, RejectsProgramOfAnotherMode) {
+    SandboxPlan plan;
+    plan.seccomp = SeccompRole::connection;
+    precompile_seccomp(plan);
+    plan.seccomp_mode = SeccompMode::log;
+    testing::use_stderr_logger();
+    const int status = run_in_child([&] {
+        try {
+            apply_sandbox(plan);
+        } catch (const Error& error) {
+            return std::string_view(error.what()).find("precompiled") != std::string_view::npos ? 0
+                                                                                                : 2;
+        }
+        return 1;
+    });
+    EXPECT_TRUE(exited_zero(status)) << describe_status(status);
 }
 
 }  // namespace
