@@ -8,8 +8,9 @@
 //            Config::vhosts) as 4 bytes, little-endian. Nothing else is read from it.
 //   reply    supervisor to connection process: 'C', then an errno value as 4 bytes,
 //            little-endian. 0 carries the connected, non-blocking socket in SCM_RIGHTS.
-// The supervisor answers one request per connection, only from a process that has accepted a
-// client, and never blocks on a backend: connects are non-blocking and polled in its loop.
+// The supervisor serves one request per connection, only from a process that has accepted a
+// client. It never blocks on a backend, because its connects are non-blocking and polled in its
+// loop.
 #pragma once
 
 #include <poll.h>
@@ -56,7 +57,7 @@ std::optional<int> parse_backend_reply(std::span<const std::uint8_t> bytes);
 // Throws Error(io) with the reason the supervisor gave, or Error(timeout).
 Fd request_backend(int status_fd, std::uint32_t vhost_index, std::chrono::milliseconds timeout);
 
-// The connection process that sent a message, as the supervisor knows it.
+// The connection process that sent a message, as the supervisor records it.
 struct BrokerClient {
     std::uint64_t connection_id = 0;
     int status_fd = -1;    // the supervisor's end of the status socket; the reply goes here

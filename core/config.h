@@ -170,7 +170,7 @@ enum class ConnectionNetwork {
     none,  // one shared empty namespace: the supervisor connects every backend for it
 };
 
-// How the supervisor starts a connection process.
+// The way the supervisor starts a connection process.
 enum class SpawnMode {
     fork,  // fork(): the process starts as a copy of the supervisor
     exec,  // fork() and fexecve() of the supervisor's own binary: a fresh address space

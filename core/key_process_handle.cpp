@@ -113,8 +113,8 @@ void run_self_check(TlsStack& stack, const KeyProcess& key, const Config& config
 }
 
 Error check_failure(const Error& error, KeyProcess& key) {
-    // A key that fails to load ends the key process with status 2, and the check then sees its
-    // channel close, which the TLS stack may report as a config error too. A config error
+    // A key that fails to load ends the key process with status 2, and the check then finds its
+    // channel closed, which the TLS stack may report as a config error too. A config error
     // found by the stack alone leaves the key process running, so it waits less.
     const milliseconds wait =
         error.kind() == ErrorKind::config ? key_exit_wait_config : key_exit_wait;

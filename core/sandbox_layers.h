@@ -51,9 +51,9 @@ struct SandboxChecks {
 // checks them (check_users), creates the root directory when checks.create_root allows it and
 // the directory is missing, and checks it (check_empty_root). Throws Error(config) naming the
 // [sandbox] key, the problem and the fix. Not as root, the users and the chroot are off and
-// listed in inactive. A connection-uids range needs root and PID namespaces, and must not
-// contain the id of any user or group in the user database; each of these is an Error(config)
-// rather than a layer left off.
+// listed in inactive. A connection-uids range needs root, PID namespaces and an enforcing
+// seccomp filter. It must not contain the id of any user or group in the user database or of
+// a subordinate id entry. Each of these is an Error(config) rather than a layer left off.
 SandboxLayers decide_sandbox_layers(const Config& config, SandboxChecks checks);
 
 // True when a [[key]] names a PKCS#11 object instead of a file.

@@ -41,7 +41,7 @@ std::optional<UidRange> parse_uid_range(std::string_view text);
 std::optional<std::string> find_subordinate_overlap(const UidRange& range, std::istream& entries);
 
 // The free and held ids of one range. A connection process holds its id from its fork until
-// the supervisor has reaped it; the pool only keeps the books.
+// the supervisor has reaped it. The pool only records which ids are free, held or withheld.
 class UidPool {
   public:
     explicit UidPool(UidRange range);

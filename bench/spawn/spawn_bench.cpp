@@ -56,7 +56,7 @@ double children_cpu_seconds() {
     return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
-// What a child does before it exits; it exits with 0 when step returns true.
+// The work of a child before it exits. The child exits with 0 when the step returns true.
 using ChildStep = std::function<bool()>;
 
 void run_forks(benchmark::State& state, bool pid_namespace, std::optional<UidPool> pool,

@@ -375,7 +375,8 @@ TEST(PrecompiledSeccomp, TgkillCheckNamesTheChild) {
         std::abort();
         return 0;
     });
-    EXPECT_TRUE(WIFSIGNALED(aborted) && WTERMSIG(aborted) == SIGABRT) << describe_status(aborted);
+    ASSERT_TRUE(WIFSIGNALED(aborted)) << describe_status(aborted);
+    EXPECT_EQ(WTERMSIG(aborted), SIGABRT) << describe_status(aborted);
     const pid_t compiler = ::getpid();
     const int trapped = run_with_precompiled_filter(SeccompRole::connection, [compiler] {
         ::syscall(SYS_tgkill, compiler, compiler, 0);
