@@ -70,6 +70,20 @@ short wait_events(IoStatus status) {
     return status == IoStatus::want_write ? POLLOUT : POLLIN;
 }
 
+// True when revents lets an operation that waits for events go ahead. An error or hang-up
+// counts as ready, so that the next call reports it.
+bool is_ready(short revents, short events) {
+    return (revents & (events | POLLERR | POLLHUP | POLLNVAL)) != 0;
+}
+
+// Rounds of reads and writes between two poll() calls while every wanted operation can go on
+// without waiting, so that a steady stream one way still lets the loop notice the other side.
+constexpr int max_rounds_per_wait = 8;
+
+// Each operation runs only when it is wanted (see wants_*) and may make progress: a read when
+// poll() reported the socket readable or the TLS stack contains data, a write until the socket
+// returned EAGAIN. A short read from a socket counts as having emptied it, so the next read
+// waits for poll() instead of calling into an empty socket.
 class Proxy {
   public:
     Proxy(TlsSession& session, int client_fd, int backend_fd, const ProxyOptions& options)
@@ -83,17 +97,19 @@ class Proxy {
 
     ProxyResult run() {
         while (!done()) {
+            for (int round = 0; round < max_rounds_per_wait && can_progress(); ++round) {
+                read_client();
+                write_backend();
+                read_backend();
+                write_client();
+            }
+            if (done()) {
+                break;
+            }
             if (!wait()) {
                 result_.end = ProxyEnd::idle_timeout;
                 break;
             }
-            if (stopped_) {
-                break;
-            }
-            read_client();
-            write_backend();
-            read_backend();
-            write_client();
         }
         return result_;
     }
@@ -121,9 +137,25 @@ class Proxy {
     }
     [[nodiscard]] bool wants_backend_write() const { return !to_backend_.empty() && !stopped_; }
 
-    // Decrypted bytes already inside the TLS stack can be read without waiting.
+    // Bytes already inside the TLS stack (decrypted, or records read ahead) can be read
+    // without waiting. After a read returned want_read they are an incomplete record.
     [[nodiscard]] bool client_data_pending() const {
-        return wants_client_read() && !client_read_blocked_ && session_.has_pending();
+        return !client_read_blocked_ && session_.has_pending();
+    }
+
+    [[nodiscard]] bool can_read_client() const {
+        return wants_client_read() && (client_readable_ || client_data_pending());
+    }
+    [[nodiscard]] bool can_write_client() const { return wants_client_write() && client_writable_; }
+    [[nodiscard]] bool can_read_backend() const {
+        return wants_backend_read() && backend_readable_;
+    }
+    [[nodiscard]] bool can_write_backend() const {
+        return wants_backend_write() && backend_writable_;
+    }
+    [[nodiscard]] bool can_progress() const {
+        return !stopped_ && (can_read_client() || can_write_backend() || can_read_backend() ||
+                             can_write_client());
     }
 
     [[nodiscard]] short client_poll_events() const {
@@ -148,28 +180,48 @@ class Proxy {
         return static_cast<short>(events);
     }
 
-    // Waits for the next event. Returns false when the idle timeout has passed.
+    // Waits for the next event and records which operations may go on. Returns false when the
+    // idle timeout has passed.
     bool wait() {
+        const Clock::time_point now = Clock::now();
+        if (moved_bytes_) {
+            last_activity_ = now;
+            moved_bytes_ = false;
+        }
+        const auto idle_left =
+            idle_timeout_ - std::chrono::duration_cast<milliseconds>(now - last_activity_);
+        if (idle_left.count() <= 0) {
+            return false;
+        }
         const short client_events = client_poll_events();
         const short backend_events = backend_poll_events();
         // A descriptor with no wanted event is left out, because poll() reports POLLHUP on it
         // regardless and the loop would spin.
         std::array<pollfd, 2> fds{{{client_events != 0 ? client_ : -1, client_events, 0},
                                    {backend_events != 0 ? backend_ : -1, backend_events, 0}}};
-        const auto idle_left =
-            idle_timeout_ - std::chrono::duration_cast<milliseconds>(Clock::now() - last_activity_);
-        if (idle_left.count() <= 0) {
-            return false;
+        const int timeout = can_progress() ? 0 : static_cast<int>(idle_left.count());
+        if (poll(fds.data(), fds.size(), timeout) < 0) {
+            if (errno != EINTR) {
+                fail(ProxyEnd::client_failed, errno_text("poll failed"));
+            }
+            return true;
         }
-        const int timeout = client_data_pending() ? 0 : static_cast<int>(idle_left.count());
-        if (poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) {
-            fail(ProxyEnd::client_failed, errno_text("poll failed"));
+        const short client_revents = fds[0].revents;
+        const short backend_revents = fds[1].revents;
+        if (is_ready(client_revents, client_read_wait_)) {
+            client_readable_ = true;
+            client_read_blocked_ = false;
         }
+        if (is_ready(client_revents, client_write_wait_)) {
+            client_writable_ = true;
+        }
+        backend_readable_ = backend_readable_ || is_ready(backend_revents, POLLIN);
+        backend_writable_ = backend_writable_ || is_ready(backend_revents, POLLOUT);
         return true;
     }
 
     void read_client() {
-        if (!wants_client_read()) {
+        if (!can_read_client()) {
             return;
         }
         if (!to_backend_.has_tail_room()) {
@@ -182,10 +234,14 @@ class Proxy {
         const IoResult result = session_.read(room);
         client_read_blocked_ = false;
         client_read_wait_ = POLLIN;
+        client_readable_ = false;
         switch (result.status) {
             case IoStatus::done:
                 to_backend_.commit(result.bytes);
                 touch(result.bytes);
+                // A read that filled the buffer may have left bytes in the socket. After a
+                // shorter one, the next read waits for poll() unless the stack contains more.
+                client_readable_ = result.bytes == room.size();
                 break;
             case IoStatus::want_read:
             case IoStatus::want_write:
@@ -207,7 +263,7 @@ class Proxy {
     }
 
     void write_backend() {
-        if (wants_backend_write()) {
+        while (can_write_backend() && !to_backend_.empty()) {
             const std::span<const std::byte> data = to_backend_.readable();
             const ssize_t sent = send(backend_, data.data(), data.size(), MSG_NOSIGNAL);
             if (sent > 0) {
@@ -217,6 +273,8 @@ class Proxy {
             } else if (sent < 0 && !would_block(errno)) {
                 fail(ProxyEnd::backend_failed, errno_text("send to backend failed"));
                 return;
+            } else {
+                backend_writable_ = false;
             }
         }
         if (client_eof_ && to_backend_.empty() && !backend_shut_ && !stopped_) {
@@ -227,7 +285,7 @@ class Proxy {
     }
 
     void read_backend() {
-        if (!wants_backend_read()) {
+        if (!can_read_backend()) {
             return;
         }
         if (!to_client_.has_tail_room() && !client_write_blocked_) {
@@ -241,18 +299,22 @@ class Proxy {
         if (received > 0) {
             to_client_.commit(static_cast<std::size_t>(received));
             touch(static_cast<std::size_t>(received));
+            // A short read emptied the socket receive queue, at least for this moment.
+            backend_readable_ = static_cast<std::size_t>(received) == room.size();
         } else if (received == 0) {
             backend_eof_ = true;
-        } else if (!would_block(errno)) {
+        } else if (would_block(errno)) {
+            backend_readable_ = false;
+        } else {
             fail(ProxyEnd::backend_failed, errno_text("receive from backend failed"));
         }
     }
 
     void write_client() {
-        if (!to_client_.empty() && wants_client_write()) {
+        while (can_write_client() && !to_client_.empty()) {
             write_client_data();
         }
-        if (to_client_.empty() && wants_client_write()) {
+        if (can_write_client() && to_client_.empty()) {
             send_close_notify();
         }
     }
@@ -266,10 +328,13 @@ class Proxy {
                 to_client_.consume(result.bytes);
                 result_.bytes_out += result.bytes;
                 touch(result.bytes);
+                // A stack that took nothing is retried after poll() instead of in a tight loop.
+                client_writable_ = result.bytes > 0;
                 break;
             case IoStatus::want_read:
             case IoStatus::want_write:
                 client_write_blocked_ = true;
+                client_writable_ = false;
                 client_write_wait_ = wait_events(result.status);
                 break;
             case IoStatus::closed:
@@ -288,6 +353,7 @@ class Proxy {
                 break;
             case IoStatus::want_read:
             case IoStatus::want_write:
+                client_writable_ = false;
                 client_write_wait_ = wait_events(result.status);
                 break;
             case IoStatus::closed:
@@ -317,9 +383,11 @@ class Proxy {
         stopped_ = true;
     }
 
+    // Notes that bytes moved. wait() turns this into last_activity_, so the clock is read once
+    // per poll() instead of once per operation.
     void touch(std::size_t bytes) {
         if (bytes > 0) {
-            last_activity_ = Clock::now();
+            moved_bytes_ = true;
         }
     }
 
@@ -337,10 +405,20 @@ class Proxy {
     bool backend_eof_ = false;   // the backend closed its write side
     bool client_shut_ = false;   // close_notify was sent to the client
     bool stopped_ = false;       // the loop ends now, with result_ as it is
+    bool moved_bytes_ = false;   // bytes moved since wait() last read the clock
+    // The last TLS read or write returned want_read or want_write and waits for
+    // client_read_wait_ or client_write_wait_.
     bool client_read_blocked_ = false;
     bool client_write_blocked_ = false;
     short client_read_wait_ = POLLIN;
     short client_write_wait_ = POLLOUT;
+    // Whether the next call on each socket may make progress without waiting for poll(). The
+    // first write is tried at once, and the first read waits for poll() unless the TLS stack
+    // contains data.
+    bool client_readable_ = false;
+    bool client_writable_ = true;
+    bool backend_readable_ = false;
+    bool backend_writable_ = true;
 };
 
 }  // namespace

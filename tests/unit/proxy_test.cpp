@@ -31,19 +31,27 @@ using namespace std::chrono_literals;
 // A TlsSession without TLS over a non-blocking socket. EOF from the peer is reported as
 // eof_status. With chunk set, read() takes everything the socket has into an internal
 // buffer but hands out at most chunk bytes per call, so data waits inside the "stack" the
-// way decrypted TLS records do.
+// way decrypted TLS records do. With records set as well, read() hands out bytes only in
+// whole records of chunk bytes, and an incomplete record waits in the stack as with OpenSSL's
+// read-ahead: has_pending() is true, yet read() returns want_read until the rest arrives.
+// With write_limit set, write() takes at most that many bytes per call, as one TLS record.
 class PlainSession : public TlsSession {
   public:
-    explicit PlainSession(int fd, IoStatus eof_status = IoStatus::closed, std::size_t chunk = 0)
-        : fd_(fd), eof_status_(eof_status), chunk_(chunk) {}
+    explicit PlainSession(int fd, IoStatus eof_status = IoStatus::closed, std::size_t chunk = 0,
+                          bool records = false)
+        : fd_(fd), eof_status_(eof_status), chunk_(chunk), records_(records) {}
 
     IoResult handshake() override { return {IoStatus::done, 0, {}}; }
 
     IoResult read(std::span<std::byte> buffer) override {
-        if (pending_.empty() || chunk_ == 0) {
+        ++read_calls;
+        if (pending_.empty() || chunk_ == 0 || (records_ && pending_.size() < chunk_)) {
             IoResult fill = fill_pending(chunk_ == 0 ? buffer.size() : 65536);
             if (fill.status != IoStatus::done) {
                 return fill;
+            }
+            if (records_ && pending_.size() < chunk_) {
+                return {IoStatus::want_read, 0, {}};
             }
         }
         const std::size_t limit = chunk_ == 0 ? buffer.size() : std::min(chunk_, buffer.size());
@@ -55,7 +63,10 @@ class PlainSession : public TlsSession {
     }
 
     IoResult write(std::span<const std::byte> data) override {
-        const ssize_t sent = send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+        ++write_calls;
+        const std::size_t size =
+            write_limit == 0 ? data.size() : std::min(write_limit, data.size());
+        const ssize_t sent = send(fd_, data.data(), size, MSG_NOSIGNAL);
         if (sent >= 0) {
             return {IoStatus::done, static_cast<std::size_t>(sent), {}};
         }
@@ -71,9 +82,13 @@ class PlainSession : public TlsSession {
     }
 
     [[nodiscard]] bool has_pending() const override { return !pending_.empty(); }
+
     [[nodiscard]] HandshakeInfo info() const override { return {}; }
 
     std::atomic<std::size_t> bytes_read{0};
+    std::atomic<std::size_t> read_calls{0};
+    std::atomic<std::size_t> write_calls{0};
+    std::size_t write_limit = 0;  // set before the proxy loop starts
 
   private:
     IoResult fill_pending(std::size_t size) {
@@ -95,6 +110,7 @@ class PlainSession : public TlsSession {
     int fd_;
     IoStatus eof_status_;
     std::size_t chunk_;
+    bool records_;
     std::vector<std::byte> pending_;
 };
 
@@ -395,6 +411,121 @@ TEST_F(ProxyTest, ClientFailureIsReported) {
     const ProxyResult result = finish();
     EXPECT_EQ(result.end, ProxyEnd::client_failed);
     EXPECT_EQ(result.error, "TLS read failed: decryption failed");
+}
+
+// Several records that arrive in one segment are all read ahead into the stack. Each one is
+// passed on, although the socket has nothing more to read.
+TEST_F(ProxyTest, PipelinedRecordsAllPassOn) {
+    PlainSession session(client_proxy_.get(), IoStatus::closed, 100, true);
+    start(session);
+
+    const std::string requests = random_bytes(20 * 100, 5);
+    write_all(client_.get(), requests);
+    EXPECT_TRUE(same_bytes(read_exactly(backend_.get(), requests.size()), requests));
+    shutdown(client_.get(), SHUT_WR);
+    shutdown(backend_.get(), SHUT_WR);
+    EXPECT_EQ(finish().bytes_in, requests.size());
+}
+
+// An incomplete record inside the stack makes has_pending() true, yet read() cannot finish it
+// until more bytes arrive, so the loop waits in poll() instead of calling read() again.
+TEST_F(ProxyTest, IncompleteRecordWaitsForSocket) {
+    PlainSession session(client_proxy_.get(), IoStatus::closed, 100, true);
+    start(session);
+
+    const std::string data = random_bytes(300, 6);
+    write_all(client_.get(), data.substr(0, 150));
+    EXPECT_TRUE(same_bytes(read_exactly(backend_.get(), 100), data.substr(0, 100)));
+    std::this_thread::sleep_for(300ms);
+    EXPECT_LE(session.read_calls, 4U);
+
+    write_all(client_.get(), data.substr(150));
+    EXPECT_TRUE(same_bytes(read_exactly(backend_.get(), 200), data.substr(100)));
+    shutdown(client_.get(), SHUT_WR);
+    shutdown(backend_.get(), SHUT_WR);
+    const ProxyResult result = finish();
+    EXPECT_EQ(result.end, ProxyEnd::finished);
+    EXPECT_EQ(result.bytes_in, data.size());
+}
+
+// In a request-response exchange the session is read once per request: the loop reads the
+// client only when poll() reported it readable, not whenever the backend woke it.
+TEST_F(ProxyTest, ExchangeReadsClientOncePerRequest) {
+    PlainSession session(client_proxy_.get());
+    start(session);
+
+    constexpr std::size_t exchanges = 50;
+    for (std::size_t i = 0; i < exchanges; ++i) {
+        write_all(client_.get(), "request");
+        ASSERT_EQ(read_exactly(backend_.get(), 7), "request");
+        write_all(backend_.get(), "response");
+        ASSERT_EQ(read_exactly(client_.get(), 8), "response");
+    }
+    EXPECT_EQ(session.read_calls, exchanges);
+    EXPECT_EQ(session.write_calls, exchanges);
+    shutdown(client_.get(), SHUT_WR);
+    shutdown(backend_.get(), SHUT_WR);
+    EXPECT_EQ(finish().end, ProxyEnd::finished);
+}
+
+// A session that takes one small record per write() gets the whole buffer written record by
+// record, and a response many times the buffer size arrives intact.
+TEST_F(ProxyTest, ResponseLargerThanBufferInRecords) {
+    PlainSession session(client_proxy_.get());
+    session.write_limit = 700;
+    start(session, ProxyOptions{4096, 10s});
+
+    const std::string response = random_bytes(2 << 20, 7);
+    std::thread backend_writer([&] {
+        write_all(backend_.get(), response);
+        shutdown(backend_.get(), SHUT_WR);
+    });
+    EXPECT_TRUE(same_bytes(read_to_eof(client_.get()), response));
+    backend_writer.join();
+    shutdown(client_.get(), SHUT_WR);
+
+    const ProxyResult result = finish();
+    EXPECT_EQ(result.end, ProxyEnd::finished);
+    EXPECT_EQ(result.bytes_out, response.size());
+}
+
+// A client that reads slowly holds back the backend: the loop stops reading the backend while
+// the client cannot take more, waits in poll() meanwhile, and loses no byte.
+TEST_F(ProxyTest, SlowClientHoldsBackBackend) {
+    constexpr std::size_t buffer_size = 4096;
+    PlainSession session(client_proxy_.get());
+    start(session, ProxyOptions{buffer_size, 10s});
+
+    const std::string response = random_bytes(4 << 20, 8);
+    std::atomic<std::size_t> written{0};
+    std::thread backend_writer([&] {
+        for (std::size_t offset = 0; offset < response.size(); offset += 4096) {
+            write_all(backend_.get(), std::string_view(response).substr(offset, 4096));
+            written = offset + 4096;
+        }
+        shutdown(backend_.get(), SHUT_WR);
+    });
+    std::this_thread::sleep_for(500ms);
+    const std::size_t calls_while_blocked = session.write_calls;
+    EXPECT_LT(written.load(), response.size());
+    std::this_thread::sleep_for(300ms);
+    // Without backpressure the writer would have finished; without poll() the loop would
+    // retry the blocked write thousands of times.
+    EXPECT_LT(written.load(), response.size());
+    EXPECT_LE(session.write_calls - calls_while_blocked, 2U);
+
+    std::string received;
+    std::array<char, 16384> piece{};
+    while (received.size() < response.size()) {
+        const ssize_t count = recv(client_.get(), piece.data(), piece.size(), 0);
+        ASSERT_GT(count, 0) << std::strerror(errno);
+        received.append(piece.data(), static_cast<std::size_t>(count));
+    }
+    EXPECT_TRUE(same_bytes(received, response));
+    backend_writer.join();
+    EXPECT_EQ(read_to_eof(client_.get()), "");
+    shutdown(client_.get(), SHUT_WR);
+    EXPECT_EQ(finish().bytes_out, response.size());
 }
 
 }  // namespace
