@@ -56,8 +56,8 @@ public:
     virtual IoResult write(std::span<const std::byte> data) = 0;
     // Sends close_notify. Returns done once it was written.
     virtual IoResult shutdown() = 0;
-    // True when decrypted bytes wait inside the stack, so read() succeeds without the socket
-    // being readable.
+    // True when bytes wait inside the stack, decrypted or read ahead from the socket, so
+    // read() can make progress without the socket being readable.
     [[nodiscard]] virtual bool has_pending() const = 0;
     [[nodiscard]] virtual HandshakeInfo info() const = 0;
 };

@@ -24,9 +24,12 @@ namespace {
 
 using Botan::TLS::Alert;
 
-// Bytes read from the socket per call, and plaintext bytes handed to Botan per write: one
-// TLS record's worth (RFC 5246 section 6.2.1).
+// Plaintext bytes handed to Botan per write: one TLS record's worth (RFC 5246 section 6.2.1).
 constexpr std::size_t chunk_size = 16384;
+// Bytes read from the socket per call: a record of the largest size, so that a full record never
+// takes two reads. That is a 5-byte header and at most 2^14 + 2048 bytes of ciphertext (RFC 5246
+// section 6.2.3).
+constexpr std::size_t receive_size = 5 + 16384 + 2048;
 
 // A TLS record header (5 bytes, RFC 5246 section 6.2.1) and a handshake message header
 // (4 bytes, section 7.4).
@@ -253,7 +256,9 @@ bool BotanSession::flush() {
 }
 
 BotanSession::Receive BotanSession::receive() {
-    std::array<std::uint8_t, chunk_size> buffer{};
+    // Left uninitialized, because recv() writes every byte that is used and clearing 18 KiB
+    // on each call is wasted work.
+    std::array<std::uint8_t, receive_size> buffer;
     for (;;) {
         const ssize_t count = ::recv(fd_, buffer.data(), buffer.size(), 0);
         if (count > 0) {

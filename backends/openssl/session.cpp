@@ -42,6 +42,10 @@ OpensslSession::OpensslSession(SslPtr ssl, std::uint64_t connection_id, Provider
     // that ended with a bare FIN would not reach the client. on_message still reports the
     // truncation.
     SSL_set_options(ssl_.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);
+    // Read-ahead lets one read() take every record the socket holds, up to the read buffer,
+    // instead of one read() for each record's header and one for its body. Records read ahead
+    // are not in SSL_pending(), so has_pending() uses SSL_has_pending().
+    SSL_set_read_ahead(ssl_.get(), 1);
     SSL_set_msg_callback(ssl_.get(), on_message);
     SSL_set_msg_callback_arg(ssl_.get(), this);
     // A scheme recorded before this connection (by verify_keys in the parent) must not show.
@@ -150,7 +154,7 @@ IoResult OpensslSession::shutdown() {
 }
 
 bool OpensslSession::has_pending() const {
-    return SSL_pending(ssl_.get()) > 0;
+    return SSL_has_pending(ssl_.get()) == 1;
 }
 
 HandshakeInfo OpensslSession::info() const {

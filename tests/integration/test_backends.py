@@ -15,6 +15,7 @@ from pathlib import Path
 
 import harness
 import test_handshakes
+import test_robustness
 
 HTTP_BODY = b"cloister backends test backend\n"
 
@@ -498,6 +499,10 @@ class BotanRelayTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.daemon.stop()
+
+    def test_pipelined_records(self):
+        test_robustness.send_pipelined_records(self, self.daemon.port, "echo.example.test",
+                                               "1.2")
 
     def test_echo_one_mebibyte(self):
         mark = self.daemon.log_mark()

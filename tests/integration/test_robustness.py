@@ -108,6 +108,36 @@ class MemoryClient:
             self.incoming.write_eof()
 
 
+def send_pipelined_records(test, port, server_hostname, version, count=20):
+    """Send count small records in one write after the handshake, then read the echo.
+
+    The server reads all of them at once (OpenSSL with read-ahead, Botan with one large
+    recv), so the proxy loop must pass on records that wait inside the TLS stack while the
+    socket has nothing more to read. The client sends nothing else until the whole echo has
+    arrived, so a record left inside the stack shows as a timeout.
+    """
+    client = MemoryClient(server_hostname, version=version)
+    pieces = [f"request {index:03d}\n".encode() for index in range(count)]
+    with connect(port, timeout=10) as sock:
+        sock.sendall(client.client_hello())
+        client.finish_handshake(sock)
+        for piece in pieces:
+            client.tls.write(piece)
+        flight = client.outgoing.read()
+        sock.sendall(flight)
+        expected = b"".join(pieces)
+        received = bytearray()
+        while len(received) < len(expected):
+            try:
+                received += client.tls.read(65536)
+            except ssl.SSLWantReadError:
+                client._receive(sock)  # pylint: disable=protected-access
+        client.send_close_notify(sock)
+        data, _ = client.read_until_close(sock)
+    test.assertGreater(len(flight), len(expected) + count * 16)  # one record per piece
+    test.assertEqual(bytes(received) + data, expected)
+
+
 def connect(port, timeout=harness.DEFAULT_TIMEOUT):
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -249,6 +279,12 @@ class RelayTest(unittest.TestCase):
         self.assertEqual(record.get("bytes_in"), str(4 << 20), record)
         self.assertEqual(record.get("bytes_out"), str(4 << 20), record)
         self.assertEqual(record.get("result"), "ok", record)
+
+    def test_pipelined_records_tls13(self):
+        send_pipelined_records(self, self.daemon.port, "echo.example.test", "1.3")
+
+    def test_pipelined_records_tls12(self):
+        send_pipelined_records(self, self.daemon.port, "echo.example.test", "1.2")
 
     def test_half_close_socat(self):
         mark = self.daemon.log_mark()
