@@ -271,7 +271,7 @@ class Proxy {
                 result_.bytes_in += static_cast<std::uint64_t>(sent);
                 touch(static_cast<std::size_t>(sent));
             } else if (sent < 0 && !would_block(errno)) {
-                fail(ProxyEnd::backend_failed, errno_text("send to backend failed"));
+                backend_write_failed(errno_text("send to backend failed"));
                 return;
             } else {
                 backend_writable_ = false;
@@ -362,6 +362,20 @@ class Proxy {
                 client_write_failed("sending close_notify failed: " + result.error);
                 break;
         }
+    }
+
+    // A backend that answered and closed while the client was still sending makes the next
+    // send fail. What it sent before closing still goes to the client, followed by
+    // close_notify, unless reading it fails too; the client's further bytes are dropped.
+    // NOTE: the client's unread bytes make the kernel reset the connection when the process
+    // exits, which can discard the end of the reply on the client's side.
+    void backend_write_failed(const std::string& error) {
+        spdlog::info("{}; passing on what the backend sent before", error);
+        result_.end = ProxyEnd::backend_failed;
+        result_.error = error;
+        to_backend_.consume(to_backend_.readable().size());
+        client_eof_ = true;
+        backend_shut_ = true;
     }
 
     // After a truncated EOF the client is gone, so a failed write ends the loop normally.

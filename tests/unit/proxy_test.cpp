@@ -396,6 +396,45 @@ TEST_F(ProxyTest, ClosedBackendFailsClientWrite) {
     EXPECT_NE(result.error.find("send to backend failed"), std::string::npos) << result.error;
 }
 
+// A backend that answers and closes while the client is still sending makes the proxy's next
+// send fail. Its answer still reaches the client, and the result names the failed send. The
+// session's first read waits until the backend has closed, so that the send fails before the
+// loop has read the answer.
+TEST_F(ProxyTest, AnswerOfBackendClosedEarlyReachesClient) {
+    class GatedSession final : public PlainSession {
+      public:
+        using PlainSession::PlainSession;
+        IoResult read(std::span<std::byte> buffer) override {
+            if (!gate_passed_) {
+                gate_passed_ = true;
+                reading.set_value();
+                backend_closed.get_future().wait();
+            }
+            return PlainSession::read(buffer);
+        }
+        std::promise<void> reading;
+        std::promise<void> backend_closed;
+
+      private:
+        bool gate_passed_ = false;
+    };
+    GatedSession session(client_proxy_.get());
+    auto reading = session.reading.get_future();
+    start(session);
+
+    write_all(client_.get(), "a request the backend refuses");
+    reading.wait();
+    write_all(backend_.get(), "refused");
+    backend_.reset();
+    session.backend_closed.set_value();
+
+    EXPECT_EQ(read_to_eof(client_.get()), "refused");
+    const ProxyResult result = finish();
+    EXPECT_EQ(result.end, ProxyEnd::backend_failed);
+    EXPECT_NE(result.error.find("send to backend failed"), std::string::npos) << result.error;
+    EXPECT_EQ(result.bytes_out, 7U);
+}
+
 TEST_F(ProxyTest, ClientFailureIsReported) {
     class FailingSession final : public PlainSession {
       public:
