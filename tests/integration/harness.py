@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import dataclasses
 import ipaddress
 import os
@@ -90,6 +91,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT = 20.0  # seconds for one client command or one wait
 START_TIMEOUT = 20.0  # seconds from exec to the "started" line
 STOP_TIMEOUT = 30.0  # seconds from SIGTERM to exit; the test config drains for 5 s
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 # The supervisor's last start-up line, "cloister VERSION started: ...".
 STARTED_PATTERN = re.compile(r"cloister \S+ started")
@@ -725,7 +727,7 @@ def run_cloister(*args: str | Path, timeout: float = 60.0,
     argv = [binary("CLOISTER_BIN", "cloister"), *map(str, args)]
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=cwd,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=_die_with_test)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     finally:
@@ -756,6 +758,18 @@ def assert_start_rejected(result: subprocess.CompletedProcess, *texts: str) -> N
     for text in texts:
         if text not in result.output:
             raise AssertionError(f"{text!r} is missing from the output:\n{result.output}")
+
+
+def _die_with_test() -> None:
+    """Ask the kernel to kill this child when the test process ends, however it ends.
+
+    Runs in the child between fork and exec (``preexec_fn``). A test stopped by SIGTERM or
+    SIGKILL, for example by ctest's timeout, runs no cleanup code, and a daemon in a session of
+    its own would otherwise keep running.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 def _kill_process_group(pgid: int) -> None:
@@ -1089,7 +1103,8 @@ class Daemon:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, cwd=self.folder,
-                                            start_new_session=True)
+                                            start_new_session=True,
+                                            preexec_fn=_die_with_test)
         _live_daemons.add(self)
 
     def _require_process(self) -> subprocess.Popen:
