@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -38,6 +39,9 @@ constexpr milliseconds accept_retry_delay{100};
 constexpr std::chrono::seconds accept_log_interval{10};
 // How long a close_notify may wait for the socket to become writable.
 constexpr milliseconds close_notify_timeout{1'000};
+// How long the client's bytes are read and dropped after the reply, when the backend stopped
+// taking them (lingering close).
+constexpr milliseconds linger_timeout{5'000};
 
 // ---- waiting with a deadline ----------------------------------------------------------
 
@@ -358,6 +362,30 @@ class Connection {
         summary_.bytes_in = result.bytes_in;
         summary_.bytes_out = result.bytes_out;
         record_proxy_end(result);
+        if (result.client_input_dropped) {
+            linger();
+        }
+    }
+
+    // Sends FIN after the reply (and close_notify, if any), then reads and drops the client's bytes
+    // until its EOF, an error or linger_timeout. Closing with unread bytes would make the
+    // kernel send a reset, and a client that is still sending would lose the end of the reply.
+    void linger() {
+        if (shutdown(client_fd_, SHUT_WR) != 0) {
+            return;
+        }
+        const auto deadline = Clock::now() + linger_timeout;
+        std::array<char, 4096> scratch{};
+        std::uint64_t dropped = 0;
+        while (wait_until(client_fd_, POLLIN, deadline)) {
+            const ssize_t count = read(client_fd_, scratch.data(), scratch.size());
+            if (count > 0) {
+                dropped += static_cast<std::uint64_t>(count);
+            } else if (count == 0 || !(errno == EAGAIN || errno == EINTR)) {
+                break;
+            }
+        }
+        spdlog::debug("dropped {} bytes from the client after the reply", dropped);
     }
 
     Fd connect_to_backend() {

@@ -271,7 +271,7 @@ class Proxy {
                 result_.bytes_in += static_cast<std::uint64_t>(sent);
                 touch(static_cast<std::size_t>(sent));
             } else if (sent < 0 && !would_block(errno)) {
-                backend_write_failed(errno_text("send to backend failed"));
+                backend_failed(errno_text("send to backend failed"));
                 return;
             } else {
                 backend_writable_ = false;
@@ -306,7 +306,7 @@ class Proxy {
         } else if (would_block(errno)) {
             backend_readable_ = false;
         } else {
-            fail(ProxyEnd::backend_failed, errno_text("receive from backend failed"));
+            backend_read_failed(errno_text("receive from backend failed"));
         }
     }
 
@@ -315,7 +315,11 @@ class Proxy {
             write_client_data();
         }
         if (can_write_client() && to_client_.empty()) {
-            send_close_notify();
+            if (backend_aborted_) {
+                client_shut_ = true;
+            } else {
+                send_close_notify();
+            }
         }
     }
 
@@ -365,17 +369,31 @@ class Proxy {
     }
 
     // A backend that answered and closed while the client was still sending makes the next
-    // send fail. What it sent before closing still goes to the client, followed by
-    // close_notify, unless reading it fails too; the client's further bytes are dropped.
-    // NOTE: the client's unread bytes make the kernel reset the connection when the process
-    // exits, which can discard the end of the reply on the client's side.
-    void backend_write_failed(const std::string& error) {
+    // send fail, and a backend that closed with unread bytes makes its kernel send a reset,
+    // which fails the next receive once the bytes before it are read. Either way, what the
+    // backend sent before still goes to the client, and the client's further bytes are
+    // dropped: the caller reads and drops them until the client stops (see
+    // ProxyResult::client_input_dropped), because unread bytes at close make the kernel reset
+    // the client's connection, which can discard the end of the reply on the client's side.
+    void backend_failed(const std::string& error) {
         spdlog::info("{}; passing on what the backend sent before", error);
-        result_.end = ProxyEnd::backend_failed;
-        result_.error = error;
+        if (result_.end != ProxyEnd::backend_failed) {
+            result_.end = ProxyEnd::backend_failed;
+            result_.error = error;
+        }
+        result_.client_input_dropped = result_.client_input_dropped || !client_eof_;
         to_backend_.consume(to_backend_.readable().size());
         client_eof_ = true;
         backend_shut_ = true;
+    }
+
+    // After a failed receive no more bytes come from the backend. Its end was not orderly, so
+    // the client gets no close_notify: the connection ends with a bare FIN, which the client
+    // can tell from the end of a complete reply.
+    void backend_read_failed(const std::string& error) {
+        backend_failed(error);
+        backend_eof_ = true;
+        backend_aborted_ = true;
     }
 
     // After a truncated EOF the client is gone, so a failed write ends the loop normally.
@@ -414,12 +432,13 @@ class Proxy {
     Clock::time_point last_activity_;
     ProxyResult result_;
 
-    bool client_eof_ = false;    // close_notify or EOF came from the client
-    bool backend_shut_ = false;  // the write side towards the backend is shut down
-    bool backend_eof_ = false;   // the backend closed its write side
-    bool client_shut_ = false;   // close_notify was sent to the client
-    bool stopped_ = false;       // the loop ends now, with result_ as it is
-    bool moved_bytes_ = false;   // bytes moved since wait() last read the clock
+    bool client_eof_ = false;       // close_notify or EOF came from the client
+    bool backend_shut_ = false;     // the write side towards the backend is shut down
+    bool backend_eof_ = false;      // the backend closed its write side
+    bool client_shut_ = false;      // close_notify was sent to the client
+    bool stopped_ = false;          // the loop ends now, with result_ as it is
+    bool moved_bytes_ = false;      // bytes moved since wait() last read the clock
+    bool backend_aborted_ = false;  // a receive from the backend failed; no close_notify follows
     // The last TLS read or write returned want_read or want_write and waits for
     // client_read_wait_ or client_write_wait_.
     bool client_read_blocked_ = false;

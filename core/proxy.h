@@ -28,6 +28,9 @@ struct ProxyResult {
     std::uint64_t bytes_in = 0;     // plaintext bytes sent from the client to the backend
     std::uint64_t bytes_out = 0;    // plaintext bytes sent from the backend to the client
     bool client_truncated = false;  // the client closed TCP without close_notify
+    // A failed send to the backend left the client still sending; its further bytes were
+    // dropped and the client may not have stopped yet.
+    bool client_input_dropped = false;
     std::string error;
 };
 
@@ -37,8 +40,8 @@ struct ProxyResult {
 // Each direction has one bounded buffer, and a side is read only while its buffer has room.
 // The end of the client's stream (close_notify, or EOF without it) becomes a write shutdown
 // towards the backend once the buffer is flushed. The backend's EOF becomes a close_notify
-// once the buffer towards the client is flushed. After a truncated client EOF, a failed write to the client
-// ends the loop as finished, because the client is gone.
+// once the buffer towards the client is flushed. After a truncated client EOF, a failed write to
+// the client ends the loop as finished, because the client is gone.
 ProxyResult run_proxy(TlsSession& session, int client_fd, int backend_fd,
                       const ProxyOptions& options);
 

@@ -231,9 +231,22 @@ def wait_for_results(test, daemon, mark, count, timeout=30):
 # Relay: large transfers, half-close, malformed and odd ClientHellos, unreachable backends
 
 
+EARLY_REPLY = bytes(range(256)) * 120  # 30720 bytes
+
+
+class EarlyReplyBackend(harness.Backend):
+    """A backend that reads the first bytes of a request, sends EARLY_REPLY and closes with
+    the rest unread, as a server that refuses an oversized upload does. The unread bytes make
+    its kernel reset the connection."""
+
+    def serve(self, connection: socket.socket) -> None:
+        self.record(connection.recv(1024))
+        connection.sendall(EARLY_REPLY)
+
+
 class RelayTest(unittest.TestCase):
-    """One daemon with four vhosts: echo (the default), read-until-EOF, HTTP, and one whose
-    backend port is closed."""
+    """One daemon with five vhosts: echo (the default), read-until-EOF, HTTP, one that answers
+    before it has read the request, and one whose backend port is closed."""
 
     @classmethod
     def setUpClass(cls):
@@ -244,12 +257,15 @@ class RelayTest(unittest.TestCase):
         cls.addClassCleanup(cls.eof.stop)
         cls.http = harness.HttpBackend(HTTP_BODY).start()
         cls.addClassCleanup(cls.http.stop)
+        cls.early = EarlyReplyBackend().start()
+        cls.addClassCleanup(cls.early.stop)
         # Nothing listens on this port once the probe socket is closed.
         cls.closed_port = harness.free_port()
         vhosts = [
             harness.vhost(["echo.example.test"], cls.echo, pki.p256, default=True),
             harness.vhost(["eof.example.test"], cls.eof, pki.rsa),
             harness.vhost(["www.example.test"], cls.http, pki.p256),
+            harness.vhost(["early.example.test"], cls.early, pki.p256),
             harness.vhost(["down.example.test"], f"127.0.0.1:{cls.closed_port}", pki.p256),
         ]
         cls.daemon = harness.Daemon(harness.config(vhosts, [pki.p256, pki.rsa]))
@@ -420,6 +436,31 @@ class RelayTest(unittest.TestCase):
         record = self.daemon.wait_for_record(mark, sni="www.example.test")
         self.assertEqual(record.get("result"), "ok", record)
 
+    def test_reply_of_backend_that_stops_reading_reaches_client(self):
+        # The client sends its whole upload before it reads anything. The backend answers
+        # after 1 KiB and resets; the connection process passes the answer on, then reads and
+        # drops the rest of the upload. Closing with the upload unread would reset the
+        # client's connection, and its sendall would fail or the answer would be lost.
+        mark = self.daemon.log_mark()
+        upload = os.urandom(8 << 20)
+        with harness.tls_connect(self.daemon.port, server_hostname="early.example.test",
+                                 timeout=30) as client:
+            received = bytearray()
+            try:
+                client.sendall(upload)
+                while chunk := client.recv(65536):
+                    received += chunk
+            except OSError as error:
+                self.fail(f"{error!r} after {len(received)} bytes\n{self.daemon.log_since(mark)}")
+        details = self.daemon.log_since(mark)
+        self.assertEqual(bytes(received), EARLY_REPLY, details)
+        record = self.daemon.wait_for_record(mark, sni="early.example.test")
+        self.assertEqual(record.get("result"), "error", record)
+        # The backend's reset fails a send to it or a receive from it, whichever comes first.
+        self.assertRegex(details, r"(send to|receive from) backend failed: .*; passing on what "
+                                  r"the backend sent before")
+        self.assertEqual(record.get("bytes_out"), str(len(EARLY_REPLY)), record)
+
     def test_unreachable_backend(self):
         mark = self.daemon.log_mark()
         connections = self.http.connections
@@ -451,6 +492,8 @@ class HandshakeDeadlineTest(unittest.TestCase):
         pki = harness.pki()
         cls.http = harness.HttpBackend(HTTP_BODY).start()
         cls.addClassCleanup(cls.http.stop)
+        cls.early = EarlyReplyBackend().start()
+        cls.addClassCleanup(cls.early.stop)
         document = harness.config(
             [harness.vhost(["www.example.test"], cls.http, pki.p256, default=True)],
             [pki.p256],

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/sockios.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -433,6 +434,37 @@ TEST_F(ProxyTest, AnswerOfBackendClosedEarlyReachesClient) {
     EXPECT_EQ(result.end, ProxyEnd::backend_failed);
     EXPECT_NE(result.error.find("send to backend failed"), std::string::npos) << result.error;
     EXPECT_EQ(result.bytes_out, 7U);
+}
+
+// A backend that closes with the request unread makes its peer's receive fail with
+// ECONNRESET after the bytes it sent before. Those bytes still reach the client, without
+// close_notify, because the backend's end was not orderly.
+TEST_F(ProxyTest, ResetBackendPassesOnItsBytesWithoutCloseNotify) {
+    class CountingSession final : public PlainSession {
+      public:
+        using PlainSession::PlainSession;
+        IoResult shutdown() override {
+            ++shutdowns;
+            return PlainSession::shutdown();
+        }
+        int shutdowns = 0;
+    };
+    CountingSession session(client_proxy_.get());
+    start(session);
+
+    write_all(client_.get(), "request");
+    pollfd readable{backend_.get(), POLLIN, 0};
+    ASSERT_EQ(poll(&readable, 1, 5000), 1);
+    write_all(backend_.get(), "partial");
+    backend_.reset();
+
+    EXPECT_EQ(read_exactly(client_.get(), 7), "partial");
+    const ProxyResult result = finish();
+    EXPECT_EQ(result.end, ProxyEnd::backend_failed);
+    EXPECT_NE(result.error.find("receive from backend failed"), std::string::npos) << result.error;
+    EXPECT_EQ(result.bytes_out, 7U);
+    EXPECT_TRUE(result.client_input_dropped);
+    EXPECT_EQ(session.shutdowns, 0);
 }
 
 TEST_F(ProxyTest, ClientFailureIsReported) {
