@@ -349,6 +349,11 @@ FilterPtr build_filter(SeccompRole role, SeccompMode mode, pid_t self) {
     // syscall numbers differ there and the table would mean something else.
     check_seccomp(seccomp_attr_set(filter.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS),
                   "seccomp bad-architecture action");
+    // Lays the rules out as a binary search over the system call numbers instead of a linear
+    // list. The kernel runs the program once for each number when it attaches it, to fill its
+    // cache of always-allowed calls, so a shorter path per number makes each attach cheaper.
+    check_seccomp(seccomp_attr_set(filter.get(), SCMP_FLTATR_CTL_OPTIMIZE, 2),
+                  "seccomp binary-tree optimization");
     for (const Rule& rule : table_for(role, self)) {
         add_rule(filter.get(), rule, role);
     }
