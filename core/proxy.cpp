@@ -368,7 +368,7 @@ class Proxy {
         }
     }
 
-    // A backend that answered and closed while the client was still sending makes the next
+    // A backend that replied and closed while the client was still sending makes the next
     // send fail, and a backend that closed with unread bytes makes its kernel send a reset,
     // which fails the next receive once the bytes before it are read. Either way, what the
     // backend sent before still goes to the client, and the client's further bytes are

@@ -28,8 +28,8 @@ struct ProxyResult {
     std::uint64_t bytes_in = 0;     // plaintext bytes sent from the client to the backend
     std::uint64_t bytes_out = 0;    // plaintext bytes sent from the backend to the client
     bool client_truncated = false;  // the client closed TCP without close_notify
-    // A failed send to the backend left the client still sending; its further bytes were
-    // dropped and the client may not have stopped yet.
+    // A backend failure came while the client was still sending. Its further bytes were
+    // dropped, and the caller reads them until the client stops (a lingering close).
     bool client_input_dropped = false;
     std::string error;
 };

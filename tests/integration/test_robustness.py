@@ -245,7 +245,7 @@ class EarlyReplyBackend(harness.Backend):
 
 
 class RelayTest(unittest.TestCase):
-    """One daemon with five vhosts: echo (the default), read-until-EOF, HTTP, one that answers
+    """One daemon with five vhosts: echo (the default), read-until-EOF, HTTP, one that replies
     before it has read the request, and one whose backend port is closed."""
 
     @classmethod
@@ -436,11 +436,11 @@ class RelayTest(unittest.TestCase):
         record = self.daemon.wait_for_record(mark, sni="www.example.test")
         self.assertEqual(record.get("result"), "ok", record)
 
-    def test_reply_of_backend_that_stops_reading_reaches_client(self):
-        # The client sends its whole upload before it reads anything. The backend answers
-        # after 1 KiB and resets; the connection process passes the answer on, then reads and
+    def test_early_backend_reply_reaches_client(self):
+        # The client sends its whole upload before it reads anything. The backend replies
+        # after 1 KiB and resets. The connection process passes the reply on, then reads and
         # drops the rest of the upload. Closing with the upload unread would reset the
-        # client's connection, and its sendall would fail or the answer would be lost.
+        # client's connection, and its sendall would fail or the reply would be lost.
         mark = self.daemon.log_mark()
         upload = os.urandom(8 << 20)
         with harness.tls_connect(self.daemon.port, server_hostname="early.example.test",

@@ -439,7 +439,7 @@ TEST_F(ProxyTest, AnswerOfBackendClosedEarlyReachesClient) {
 // A backend that closes with the request unread makes its peer's receive fail with
 // ECONNRESET after the bytes it sent before. Those bytes still reach the client, without
 // close_notify, because the backend's end was not orderly.
-TEST_F(ProxyTest, ResetBackendPassesOnItsBytesWithoutCloseNotify) {
+TEST_F(ProxyTest, ResetBackendSkipsCloseNotify) {
     class CountingSession final : public PlainSession {
       public:
         using PlainSession::PlainSession;
