@@ -368,13 +368,13 @@ class Proxy {
         }
     }
 
-    // A backend that replied and closed while the client was still sending makes the next
-    // send fail, and a backend that closed with unread bytes makes its kernel send a reset,
-    // which fails the next receive once the bytes before it are read. Either way, what the
-    // backend sent before still goes to the client, and the client's further bytes are
-    // dropped: the caller reads and drops them until the client stops (see
-    // ProxyResult::client_input_dropped), because unread bytes at close make the kernel reset
-    // the client's connection, which can discard the end of the reply on the client's side.
+    // Ends the client-to-backend direction after a failed send or receive on the backend. A
+    // backend that closed with the client's bytes unread resets the connection, so the next
+    // send fails, and the next receive too once the bytes before the reset are read. What the
+    // backend sent still goes to the client. The client's further bytes are dropped here, and
+    // the caller reads them until the client stops (ProxyResult::client_input_dropped),
+    // because unread bytes at close would reset the client's connection and could discard
+    // the end of the reply.
     void backend_failed(const std::string& error) {
         spdlog::info("{}; passing on what the backend sent before", error);
         if (result_.end != ProxyEnd::backend_failed) {

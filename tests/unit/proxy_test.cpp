@@ -397,8 +397,8 @@ TEST_F(ProxyTest, ClosedBackendFailsClientWrite) {
     EXPECT_NE(result.error.find("send to backend failed"), std::string::npos) << result.error;
 }
 
-// A backend that answers and closes while the client is still sending makes the proxy's next
-// send fail. Its answer still reaches the client, and the result names the failed send. The
+// A backend that replies and closes while the client is still sending makes the proxy's next
+// send fail. Its reply still reaches the client, and the result names the failed send. The
 // session's first read waits until the backend has closed, so that the send fails before the
 // loop has read the answer.
 TEST_F(ProxyTest, AnswerOfBackendClosedEarlyReachesClient) {
