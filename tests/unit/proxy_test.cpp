@@ -400,7 +400,7 @@ TEST_F(ProxyTest, ClosedBackendFailsClientWrite) {
 // A backend that replies and closes while the client is still sending makes the proxy's next
 // send fail. Its reply still reaches the client, and the result names the failed send. The
 // session's first read waits until the backend has closed, so that the send fails before the
-// loop has read the answer.
+// loop has read the reply.
 TEST_F(ProxyTest, AnswerOfBackendClosedEarlyReachesClient) {
     class GatedSession final : public PlainSession {
       public:
