@@ -367,11 +367,12 @@ class Connection {
         }
     }
 
-    // Sends FIN after the reply (and close_notify, if any), then reads and drops the client's bytes
+    // Sends FIN after the reply and any close_notify, then reads and drops the client's bytes
     // until its EOF, an error or linger_timeout. Closing with unread bytes would make the
     // kernel send a reset, and a client that is still sending would lose the end of the reply.
     void linger() {
         if (shutdown(client_fd_, SHUT_WR) != 0) {
+            spdlog::debug("lingering close skipped: shutdown failed: {}", std::strerror(errno));
             return;
         }
         const auto deadline = Clock::now() + linger_timeout;
@@ -381,9 +382,15 @@ class Connection {
             const ssize_t count = read(client_fd_, scratch.data(), scratch.size());
             if (count > 0) {
                 dropped += static_cast<std::uint64_t>(count);
-            } else if (count == 0 || !(errno == EAGAIN || errno == EINTR)) {
-                break;
+                continue;
             }
+            if (count < 0 && (errno == EAGAIN || errno == EINTR)) {
+                continue;
+            }
+            if (count < 0) {
+                spdlog::debug("lingering close ended: read failed: {}", std::strerror(errno));
+            }
+            break;
         }
         spdlog::debug("dropped {} bytes from the client after the reply", dropped);
     }

@@ -438,7 +438,7 @@ class Proxy {
     bool client_shut_ = false;      // close_notify was sent to the client
     bool stopped_ = false;          // the loop ends now, with result_ as it is
     bool moved_bytes_ = false;      // bytes moved since wait() last read the clock
-    bool backend_aborted_ = false;  // a receive from the backend failed; no close_notify follows
+    bool backend_aborted_ = false;  // a receive from the backend failed, so no close_notify follows
     // The last TLS read or write returned want_read or want_write and waits for
     // client_read_wait_ or client_write_wait_.
     bool client_read_blocked_ = false;
